@@ -1,0 +1,146 @@
+"""Settings as frozen dataclasses: sizes, modes and ranges (stdlib only).
+
+Structural settings (canvas size, number of patches, render mode) live here: changing them
+recompiles. Defaults follow the original CLIP-CLOP (Arnheim 3) ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from typing import Any, TypeVar
+
+RENDER_MODES = ("transparency", "masked_transparency", "opacity")
+COLOUR_SPACES = ("rgb", "hsv", "none")
+
+T = TypeVar("T")
+
+
+def _check_range(name: str, value: float, low: float, high: float) -> None:
+    if not (low <= value <= high) or (isinstance(value, float) and math.isnan(value)):
+        raise ValueError(f"{name}={value!r} is out of range: use a value in [{low}, {high}].")
+
+
+def _check_bounds(name: str, low: float, high: float, *, positive: bool = False) -> None:
+    if not low <= high:
+        raise ValueError(f"min_{name}={low} > max_{name}={high}: the minimum must not exceed the maximum.")
+    if positive and low <= 0:
+        raise ValueError(f"min_{name}={low} must be > 0.")
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not valid: choose one of {', '.join(choices)}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class CollageConfig:
+    """What a collage is: canvas, patch count, valid ranges of each parameter, render mode.
+
+    Attributes:
+      canvas_height, canvas_width: optimisation canvas in pixels (original: 224 x 224).
+      num_patches: patches per collage (original: 100).
+      render_mode: "transparency" (patches add), "masked_transparency" (alpha-weighted mean,
+        the original's default) or "opacity" (soft depth order). See docs/parameters.md.
+      colour_space: "rgb" (per-channel gains), "hsv" (hue shift, saturation and value gains)
+        or "none" (patch colours untouched).
+      patch_max_proportion: a patch whose longest side fills the library's square spans
+        ``min(canvas_height, canvas_width) / patch_max_proportion`` canvas pixels at scale 1
+        (original: 5).
+      min_trans, max_trans: patch centre bounds, as a fraction of the half canvas.
+      min_scale, max_scale: scale divides the patch size, so > 1 shrinks (original: [1, 2]).
+      min_squeeze, max_squeeze: ratio of the y to x scale (original: [0.5, 2]).
+      min_shear, max_shear: shear term of the patch matrix (original: [-0.2, 0.2]).
+      min_rot_deg, max_rot_deg: rotation bounds in degrees (original: [-180, 180]).
+      min_rgb, max_rgb: RGB gain bounds (original: [-0.2, 1]);
+      initial_min_rgb, initial_max_rgb: their initial range (original: [0.5, 1]).
+      min_hue_deg, max_hue_deg, min_sat, max_sat, min_val, max_val: HSV bounds.
+      invert_colours: render 1 - colour before adding the background (white backgrounds).
+    """
+
+    canvas_height: int = 224
+    canvas_width: int = 224
+    num_patches: int = 100
+    render_mode: str = "masked_transparency"
+    colour_space: str = "rgb"
+    patch_max_proportion: float = 5.0
+    min_trans: float = -1.0
+    max_trans: float = 1.0
+    min_trans_init: float = -1.0
+    max_trans_init: float = 1.0
+    min_scale: float = 1.0
+    max_scale: float = 2.0
+    min_squeeze: float = 0.5
+    max_squeeze: float = 2.0
+    min_shear: float = -0.2
+    max_shear: float = 0.2
+    min_rot_deg: float = -180.0
+    max_rot_deg: float = 180.0
+    min_rgb: float = -0.2
+    max_rgb: float = 1.0
+    initial_min_rgb: float = 0.5
+    initial_max_rgb: float = 1.0
+    min_hue_deg: float = 0.0
+    max_hue_deg: float = 360.0
+    min_sat: float = 0.0
+    max_sat: float = 1.0
+    min_val: float = 0.0
+    max_val: float = 1.0
+    invert_colours: bool = False
+
+    def __post_init__(self):
+        _check_range("canvas_height", self.canvas_height, 8, 16384)
+        _check_range("canvas_width", self.canvas_width, 8, 16384)
+        _check_range("num_patches", self.num_patches, 1, 10000)
+        _check_choice("render_mode", self.render_mode, RENDER_MODES)
+        _check_choice("colour_space", self.colour_space, COLOUR_SPACES)
+        _check_range("patch_max_proportion", self.patch_max_proportion, 0.5, 100.0)
+        for name in ("trans", "trans_init", "scale", "squeeze", "shear", "rot_deg", "rgb",
+                     "hue_deg", "sat", "val"):
+            _check_bounds(name, getattr(self, f"min_{name}"), getattr(self, f"max_{name}"),
+                          positive=name in ("scale", "squeeze"))
+        _check_bounds("rgb (initial)", self.initial_min_rgb, self.initial_max_rgb)
+
+    @property
+    def canvas_shape(self) -> tuple[int, int]:
+        return (self.canvas_height, self.canvas_width)
+
+    def resized(self, height: int, width: int) -> CollageConfig:
+        """The same collage on a canvas of another size (for high-resolution renders)."""
+        return dataclasses.replace(self, canvas_height=height, canvas_width=width)
+
+
+def from_dict(cls: type[T], values: dict[str, Any]) -> T:
+    """Builds a (nested) config dataclass from a dict, rejecting unknown keys by name.
+
+    Raises:
+      ValueError: a key is not a field of ``cls``; the message names the nearest valid key.
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            near = difflib.get_close_matches(key, list(fields), n=1)
+            hint = f" Did you mean {near[0]!r}?" if near else ""
+            raise ValueError(f"Unknown setting {key!r} for {cls.__name__}.{hint}")
+        field_type = fields[key].type
+        sub = _dataclass_named(cls, field_type)
+        kwargs[key] = from_dict(sub, value) if sub is not None and isinstance(value, dict) else value
+    return cls(**kwargs)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """The inverse of ``from_dict``: plain JSON-able values."""
+    return dataclasses.asdict(config)
+
+
+def _dataclass_named(owner: type, annotation: Any) -> type | None:
+    if dataclasses.is_dataclass(annotation):
+        return annotation
+    if isinstance(annotation, str):
+        module = __import__(owner.__module__, fromlist=["_"])
+        candidate = getattr(module, annotation, None)
+        if dataclasses.is_dataclass(candidate):
+            return candidate
+    return None

@@ -24,7 +24,9 @@ def _check_range(name: str, value: float, low: float, high: float) -> None:
 
 def _check_bounds(name: str, low: float, high: float, *, positive: bool = False) -> None:
     if not low <= high:
-        raise ValueError(f"min_{name}={low} > max_{name}={high}: the minimum must not exceed the maximum.")
+        raise ValueError(
+            f"min_{name}={low} > max_{name}={high}: the minimum must not exceed the maximum."
+        )
     if positive and low <= 0:
         raise ValueError(f"min_{name}={low} must be > 0.")
 
@@ -124,9 +126,9 @@ def from_dict(cls: type[T], values: dict[str, Any]) -> T:
             near = difflib.get_close_matches(key, list(fields), n=1)
             hint = f" Did you mean {near[0]!r}?" if near else ""
             raise ValueError(f"Unknown setting {key!r} for {cls.__name__}.{hint}")
-        field_type = fields[key].type
-        sub = _dataclass_named(cls, field_type)
-        kwargs[key] = from_dict(sub, value) if sub is not None and isinstance(value, dict) else value
+        sub = _dataclass_named(cls, fields[key].type)
+        nested = sub is not None and isinstance(value, dict)
+        kwargs[key] = from_dict(sub, value) if nested else value
     return cls(**kwargs)
 
 

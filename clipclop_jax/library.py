@@ -10,7 +10,9 @@ import jax
 class PatchLibrary(NamedTuple):
     """One resolution of a patch library, as the renderer reads it.
 
-    Every patch is centred in a square of side ``L``; the padding has alpha 0.
+    Every patch is centred in a square of side ``L``; the padding has alpha 0, and so does
+    at least the outermost ring of texels (the renderer clamps samples to the square, so
+    that ring is what it reads outside a patch).
 
     Attributes:
       rgba: [P, L, L, 4] float32 in [0, 1], or uint8 in [0, 255] (the renderer converts after

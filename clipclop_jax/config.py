@@ -146,3 +146,58 @@ def _dataclass_named(owner: type, annotation: Any) -> type | None:
         if dataclasses.is_dataclass(candidate):
             return candidate
     return None
+
+
+OPTIMIZERS = ("adam", "sgd")
+PARAMETER_GROUPS = ("translation", "rotation", "scale", "squeeze", "shear", "colour", "order")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """How each collage is optimised by gradients.
+
+    Attributes:
+      optimizer: "adam" (default; learning rates per parameter group, tuned in
+        benchmarks/README.md) or "sgd" (the original: one learning rate, halved at 1/3 and
+        2/3 of the run).
+      steps: optimisation steps (original: 10000).
+      learning_rate: the SGD learning rate (original: 0.1); for Adam a global multiplier of
+        the per-group rates.
+      lr_translation ... lr_order: Adam learning rates per parameter group.
+      gradient_clipping: global-norm clip of each collage's gradient (original: 10).
+      num_crops: augmented crops CLIP scores per collage per step (original: 4).
+      use_augmentations: off scores the plain render once.
+      initial_search_size: random collages drawn per individual before optimising, the best
+        kept (original: 1, no search).
+      chunk_steps: steps compiled into one program between host round trips.
+    """
+
+    optimizer: str = "adam"
+    steps: int = 1000
+    learning_rate: float = 1.0
+    lr_translation: float = 0.02
+    lr_rotation: float = 0.05
+    lr_scale: float = 0.02
+    lr_squeeze: float = 0.02
+    lr_shear: float = 0.01
+    lr_colour: float = 0.03
+    lr_order: float = 0.03
+    gradient_clipping: float = 10.0
+    num_crops: int = 4
+    use_augmentations: bool = True
+    initial_search_size: int = 1
+    chunk_steps: int = 10
+
+    def __post_init__(self):
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_range("steps", self.steps, 0, 10_000_000)
+        _check_range("learning_rate", self.learning_rate, 0.0, 1000.0)
+        for group in PARAMETER_GROUPS:
+            _check_range(f"lr_{group}", getattr(self, f"lr_{group}"), 0.0, 100.0)
+        _check_range("gradient_clipping", self.gradient_clipping, 0.0, 1e9)
+        _check_range("num_crops", self.num_crops, 1, 256)
+        _check_range("initial_search_size", self.initial_search_size, 1, 10_000)
+        _check_range("chunk_steps", self.chunk_steps, 1, 100_000)
+
+    def group_learning_rates(self) -> dict[str, float]:
+        return {g: self.learning_rate * getattr(self, f"lr_{g}") for g in PARAMETER_GROUPS}

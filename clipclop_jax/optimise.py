@@ -1,0 +1,154 @@
+"""Gradient optimisation of a population: optax per collage, steps scanned inside one jit."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from clipclop_jax import xla_options
+from clipclop_jax.augment import AugmentConfig
+from clipclop_jax.config import PARAMETER_GROUPS, CollageConfig, OptimConfig
+from clipclop_jax.objective import Guidance, make_collage_loss
+from clipclop_jax.params import Collage, CollageParams, clamp, population_size, take
+
+
+class RunState(NamedTuple):
+    """Everything a run needs to continue; a checkpoint stores exactly this.
+
+    Attributes:
+      population: [P] collages.
+      opt_state: the optimiser state of each collage ([P] leading axis).
+      key: the run's typed PRNG key; step ``s`` uses ``fold_in(key, s)``.
+      step: int32 scalar, steps done.
+      losses: [P] each collage's loss at its latest evaluation (+inf before the first).
+      best: the best collage seen so far (no population axis).
+      best_loss: float32 scalar, its loss.
+    """
+
+    population: Collage
+    opt_state: Any
+    key: jax.Array
+    step: jax.Array
+    losses: jax.Array
+    best: Collage
+    best_loss: jax.Array
+
+
+def make_optimizer(optim: OptimConfig) -> optax.GradientTransformation:
+    """The optimiser of one collage (vmap it over a population).
+
+    Adam with a learning rate per parameter group, or the original's SGD whose rate halves at
+    1/3 and 2/3 of the run; both after clipping the collage's gradient norm. A step whose
+    gradient is not finite is skipped (``apply_if_finite``), so one bad collage never
+    corrupts its parameters or stops the others.
+    """
+    if optim.optimizer == "sgd":
+        third = max(1, optim.steps // 3)
+        schedule = optax.piecewise_constant_schedule(
+            optim.learning_rate, {third: 0.5, 2 * third: 0.5}
+        )
+        inner = optax.sgd(schedule)
+    else:
+        rates = optim.group_learning_rates()
+        labels = CollageParams(*PARAMETER_GROUPS)
+        inner = optax.multi_transform({g: optax.adam(rates[g]) for g in PARAMETER_GROUPS}, labels)
+    chain = optax.chain(optax.clip_by_global_norm(optim.gradient_clipping), inner)
+    return optax.apply_if_finite(chain, max_consecutive_errors=2**31 - 1)
+
+
+def init_state(key: jax.Array, population: Collage, optimizer) -> RunState:
+    """A fresh run state for ``population`` ([P] collages)."""
+    size = population_size(population)
+    return RunState(
+        population=population,
+        opt_state=jax.vmap(optimizer.init)(population.params),
+        key=key,
+        step=jnp.zeros((), jnp.int32),
+        losses=jnp.full((size,), jnp.inf, jnp.float32),
+        best=take(population, 0),
+        best_loss=jnp.asarray(jnp.inf, jnp.float32),
+    )
+
+
+def individual_keys(key: jax.Array, step: jax.Array, size: int) -> jax.Array:
+    """[P] keys for one step: ``fold_in(fold_in(key, step), i)``, independent of sharding."""
+    step_key = jax.random.fold_in(key, step)
+    return jax.vmap(lambda i: jax.random.fold_in(step_key, i))(jnp.arange(size))
+
+
+def make_step(config: CollageConfig, perceptor, optim: OptimConfig, augment: AugmentConfig):
+    """``step(state, guidance) -> (state, losses [P])``: one gradient step of every collage.
+
+    Not jitted: ``make_chunk`` scans it inside one compiled program.
+    """
+    collage_loss = make_collage_loss(config, perceptor, optim, augment)
+    value_and_grad = jax.vmap(
+        jax.value_and_grad(collage_loss, has_aux=True), in_axes=(0, 0, 0, None)
+    )
+    optimizer = make_optimizer(optim)
+
+    def step(state: RunState, guidance: Guidance) -> tuple[RunState, jax.Array]:
+        population = state.population
+        keys = individual_keys(state.key, state.step, population_size(population))
+        (losses, _), grads = value_and_grad(
+            population.params, population.patch_index, keys, guidance
+        )
+        updates, opt_state = jax.vmap(optimizer.update)(grads, state.opt_state, population.params)
+        params = clamp(jax.vmap(optax.apply_updates)(population.params, updates), config)
+        # The losses score the parameters before this update: those are the ones to keep.
+        fitness = jnp.where(jnp.isnan(losses), jnp.inf, losses)
+        leader = jnp.argmin(fitness)
+        improved = fitness[leader] < state.best_loss
+        best = jax.tree.map(
+            lambda new, old: jnp.where(improved, new, old), take(population, leader), state.best
+        )
+        new_state = RunState(
+            population=population._replace(params=params),
+            opt_state=opt_state,
+            key=state.key,
+            step=state.step + 1,
+            losses=fitness,
+            best=best,
+            best_loss=jnp.minimum(fitness[leader], state.best_loss),
+        )
+        return new_state, fitness
+
+    return step
+
+
+def make_chunk(
+    config: CollageConfig,
+    perceptor,
+    optim: OptimConfig,
+    augment: AugmentConfig,
+    *,
+    after_step=None,
+):
+    """A jit-compiled ``chunk(state, guidance, num_steps) -> (state, losses)``.
+
+    Runs ``num_steps <= optim.chunk_steps`` steps in one compiled loop; ``num_steps`` is a
+    traced argument, so a shorter last chunk does not recompile. ``losses`` is
+    [optim.chunk_steps, P], NaN in the rows of steps not run. The state is donated.
+    ``after_step(state) -> state`` (e.g. evolution) runs inside the loop after each step.
+    """
+    length = optim.chunk_steps
+    step = make_step(config, perceptor, optim, augment)
+
+    def chunk(state: RunState, guidance: Guidance, num_steps: jax.Array):
+        size = population_size(state.population)
+
+        def body(i, carry):
+            state, history = carry
+            state, losses = step(state, guidance)
+            if after_step is not None:
+                state = after_step(state)
+            return state, history.at[i].set(losses)
+
+        history = jnp.full((length, size), jnp.nan, jnp.float32)
+        count = jnp.minimum(num_steps, length)
+        return jax.lax.fori_loop(0, count, body, (state, history))
+
+    return xla_options.jit(chunk, donate_argnums=0)

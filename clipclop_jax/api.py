@@ -17,10 +17,17 @@ from clipclop_jax import io, xla_options
 from clipclop_jax.augment import AugmentConfig
 from clipclop_jax.background import make_background
 from clipclop_jax.config import CollageConfig, OptimConfig, _check_range, from_dict, to_dict
+from clipclop_jax.evolution import EvolutionConfig
 from clipclop_jax.hires import render_high_res
 from clipclop_jax.library import Library, load_library
 from clipclop_jax.objective import Guidance, make_collage_loss
-from clipclop_jax.optimise import RunState, init_state, make_chunk, make_optimizer
+from clipclop_jax.optimise import (
+    RunState,
+    init_state,
+    make_chunk,
+    make_evolution_step,
+    make_optimizer,
+)
 from clipclop_jax.params import Collage, CollageParams, random_population, stack, take
 from clipclop_jax.perceptor import Perceptor, load_perceptor
 from clipclop_jax.prompts import parse_prompts
@@ -42,7 +49,7 @@ class GenerateConfig:
       high_res_multiplier: the original's 4.
       background: "black", "#rrggbb", "r,g,b", "noise", or an image path.
       lowres_size, highres_size: library square sides for optimising and for the final render.
-      collage, optim, augment: see their classes.
+      collage, optim, augment, evolution: see their classes.
     """
 
     prompt: str = "a red circle"
@@ -58,6 +65,7 @@ class GenerateConfig:
     collage: CollageConfig = dataclasses.field(default_factory=CollageConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
+    evolution: EvolutionConfig = dataclasses.field(default_factory=EvolutionConfig)
 
     def __post_init__(self):
         if not self.prompt.strip():
@@ -80,7 +88,12 @@ class GenerateConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> GenerateConfig:
         values = dict(values)
-        nested = {"collage": CollageConfig, "optim": OptimConfig, "augment": AugmentConfig}
+        nested = {
+            "collage": CollageConfig,
+            "optim": OptimConfig,
+            "augment": AugmentConfig,
+            "evolution": EvolutionConfig,
+        }
         for key, sub in nested.items():
             if isinstance(values.get(key), dict):
                 values[key] = from_dict(sub, values[key])
@@ -166,7 +179,8 @@ def generate(
     )
     population = initial_population(population_key, config, perceptor, guidance)
     state = init_state(run_key, population, make_optimizer(optim))
-    chunk = make_chunk(collage_config, perceptor, optim, config.augment)
+    evolution = make_evolution_step(config.evolution, collage_config, library.low.num_patches)
+    chunk = make_chunk(collage_config, perceptor, optim, config.augment, after_step=evolution)
     state, history = run_chunks(chunk, state, guidance, optim, progress_fn)
 
     best = state.best if bool(jnp.isfinite(state.best_loss)) else take(state.population, 0)

@@ -11,6 +11,7 @@ import optax
 from clipclop_jax import xla_options
 from clipclop_jax.augment import AugmentConfig
 from clipclop_jax.config import PARAMETER_GROUPS, CollageConfig, OptimConfig
+from clipclop_jax.evolution import EvolutionConfig, evolve
 from clipclop_jax.objective import Guidance, make_collage_loss
 from clipclop_jax.params import Collage, CollageParams, clamp, population_size, take
 
@@ -117,6 +118,36 @@ def make_step(config: CollageConfig, perceptor, optim: OptimConfig, augment: Aug
         return new_state, fitness
 
     return step
+
+
+# Evolution draws its randomness from its own stream of the run key.
+EVOLUTION_STREAM = 0x45564F
+
+
+def make_evolution_step(evolution: EvolutionConfig, config: CollageConfig, library_size: int):
+    """``after_step(state) -> state`` that evolves the population every ``frequency`` steps
+    (after the gradient step that completes each period), or None for "none"."""
+    if evolution.method == "none":
+        return None
+
+    def after_step(state: RunState) -> RunState:
+        def generation(state):
+            key = jax.random.fold_in(jax.random.fold_in(state.key, EVOLUTION_STREAM), state.step)
+            population, opt_state = evolve(
+                key,
+                state.population,
+                state.opt_state,
+                state.losses,
+                evolution,
+                config,
+                library_size,
+            )
+            return state._replace(population=population, opt_state=opt_state)
+
+        due = (state.step % evolution.frequency) == 0
+        return jax.lax.cond(due, generation, lambda s: s, state)
+
+    return after_step
 
 
 def make_chunk(

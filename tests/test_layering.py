@@ -1,0 +1,69 @@
+"""Imports inside the package flow one way: from settings, through rendering, to the API."""
+
+import ast
+import pathlib
+
+import clipclop_jax
+
+# Upstream first. A module may import only modules listed before it.
+LAYERS = [
+    "version",
+    "config",
+    "xla_options",
+    "io",
+    "library",
+    "builtin_libraries",
+    "params",
+    "transforms",
+    "background",
+    "render",
+    "hires",
+    "blend",
+    "augment",
+    "demo_data",
+    "perceptor",
+    "prompts",
+    "evolution",
+    "objective",
+    "optimise",
+    "sharding",
+    "checkpoint",
+    "api",
+    "cli",
+    "__init__",
+    "__main__",
+]
+
+PACKAGE = pathlib.Path(clipclop_jax.__file__).parent
+
+
+def package_imports(path: pathlib.Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            if node.module == "clipclop_jax":
+                found.update(alias.name for alias in node.names)
+            elif node.module.startswith("clipclop_jax."):
+                found.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("clipclop_jax."):
+                    found.add(alias.name.split(".")[1])
+    return found
+
+
+def test_every_module_has_a_layer():
+    modules = {p.stem for p in PACKAGE.glob("*.py")}
+    missing = modules - set(LAYERS)
+    assert not missing, f"add {sorted(missing)} to LAYERS in tests/test_layering.py"
+
+
+def test_imports_point_upstream():
+    rank = {name: i for i, name in enumerate(LAYERS)}
+    wrong = []
+    for path in PACKAGE.glob("*.py"):
+        for imported in package_imports(path):
+            if imported in rank and rank[imported] >= rank[path.stem]:
+                wrong.append(f"{path.stem} imports {imported}")
+    assert not wrong, wrong

@@ -1,0 +1,64 @@
+"""Spread the population axis over devices: one mesh axis, "pop"."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+AXIS = "pop"
+
+
+def population_mesh(num_devices: int | None = None) -> Mesh:
+    """A 1-D mesh over the first ``num_devices`` devices (default: all of them)."""
+    devices = jax.devices()
+    count = len(devices) if num_devices is None else num_devices
+    if not 1 <= count <= len(devices):
+        raise ValueError(
+            f"num_devices={count} but {len(devices)} device(s) are visible: use 1..{len(devices)}."
+        )
+    return Mesh(np.asarray(devices[:count]), (AXIS,))
+
+
+def check_population_fits(population_size: int, mesh: Mesh) -> None:
+    """Raises a one-line ValueError unless the population divides evenly over the mesh."""
+    devices = mesh.devices.size
+    if population_size % devices:
+        lower = population_size - population_size % devices
+        suggestion = f"{lower} or {lower + devices}" if lower else f"{devices}"
+        raise ValueError(
+            f"population {population_size} does not divide over {devices} devices: use a "
+            f"population of {suggestion}, or fewer devices."
+        )
+
+
+def population_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading axis split over the mesh; the rest whole."""
+    return NamedSharding(mesh, P(AXIS))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def shard_run_state(state, mesh: Mesh):
+    """Places a ``RunState``: population, optimiser state and losses split on their leading
+    axis; the key, step and best-so-far replicated."""
+    split, whole = population_sharding(mesh), replicated(mesh)
+    check_population_fits(state.losses.shape[0], mesh)
+    placement = state._replace(
+        population=jax.tree.map(lambda _: split, state.population),
+        opt_state=jax.tree.map(lambda leaf: split if np.ndim(leaf) else whole, state.opt_state),
+        key=whole,
+        step=whole,
+        losses=split,
+        best=jax.tree.map(lambda _: whole, state.best),
+        best_loss=whole,
+    )
+    return jax.device_put(state, placement)
+
+
+def replicate(tree, mesh: Mesh):
+    """Copies a pytree (CLIP weights, patch library, text embeddings) to every device."""
+    return jax.device_put(tree, replicated(mesh))

@@ -49,16 +49,22 @@ def main():
 
     library = load_library(args.library).low
     library = jax.tree.map(jnp.asarray, library)
-    print(f"backend {jax.default_backend()}, {jax.device_count()} device(s); library "
-          f"{args.library} {tuple(library.rgba.shape)}; population {args.population} x "
-          f"{args.patches} patches at {args.size}x{args.size}")
+    print(
+        f"backend {jax.default_backend()}, {jax.device_count()} device(s); library "
+        f"{args.library} {tuple(library.rgba.shape)}; population {args.population} x "
+        f"{args.patches} patches at {args.size}x{args.size}"
+    )
     print()
-    print("| mode | renderer | window | forward (s) | forward+grad (s) | compile f+g (s) "
-          "| temp memory f+g (MiB) |")
+    print(
+        "| mode | renderer | window | forward (s) | forward+grad (s) | compile f+g (s) "
+        "| temp memory f+g (MiB) |"
+    )
     print("|---|---|---|---|---|---|---|")
     for mode in args.modes.split(","):
         config = CollageConfig(
-            canvas_height=args.size, canvas_width=args.size, num_patches=args.patches,
+            canvas_height=args.size,
+            canvas_width=args.size,
+            num_patches=args.patches,
             render_mode=mode,
         )
         population = random_population(
@@ -67,8 +73,14 @@ def main():
         background = jnp.zeros((args.size, args.size, 3), jnp.float32)
         for windowed in (True, False):
 
-            def images(params, windowed=windowed, config=config):
-                collages = Collage(params, population.patch_index)
+            def images(
+                params,
+                windowed=windowed,
+                config=config,
+                patch_index=population.patch_index,
+                background=background,
+            ):
+                collages = Collage(params, patch_index)
                 return jax.vmap(
                     lambda c: render(c, library, background, config, windowed=windowed)
                 )(collages)
@@ -82,8 +94,10 @@ def main():
             )
             window = window_shape(config, library.side) if windowed else config.canvas_shape
             name = "windowed" if windowed else "full canvas"
-            print(f"| {mode} | {name} | {window[0]}x{window[1]} | {forward:.3f} | {both:.3f} "
-                  f"| {compile_s:.1f} | {temp:.0f} |")
+            print(
+                f"| {mode} | {name} | {window[0]}x{window[1]} | {forward:.3f} | {both:.3f} "
+                f"| {compile_s:.1f} | {temp:.0f} |"
+            )
 
 
 if __name__ == "__main__":

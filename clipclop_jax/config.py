@@ -98,10 +98,24 @@ class CollageConfig:
         _check_choice("render_mode", self.render_mode, RENDER_MODES)
         _check_choice("colour_space", self.colour_space, COLOUR_SPACES)
         _check_range("patch_max_proportion", self.patch_max_proportion, 0.5, 100.0)
-        for name in ("trans", "trans_init", "scale", "squeeze", "shear", "rot_deg", "rgb",
-                     "hue_deg", "sat", "val"):
-            _check_bounds(name, getattr(self, f"min_{name}"), getattr(self, f"max_{name}"),
-                          positive=name in ("scale", "squeeze"))
+        for name in (
+            "trans",
+            "trans_init",
+            "scale",
+            "squeeze",
+            "shear",
+            "rot_deg",
+            "rgb",
+            "hue_deg",
+            "sat",
+            "val",
+        ):
+            _check_bounds(
+                name,
+                getattr(self, f"min_{name}"),
+                getattr(self, f"max_{name}"),
+                positive=name in ("scale", "squeeze"),
+            )
         _check_bounds("rgb (initial)", self.initial_min_rgb, self.initial_max_rgb)
 
     @property

@@ -141,9 +141,7 @@ def composite(sums: jax.Array, background: jax.Array, config: CollageConfig) -> 
     return jnp.clip(image, 0.0, 1.0)
 
 
-def window_origins(
-    centres: jax.Array, config: CollageConfig, window: tuple[int, int]
-) -> jax.Array:
+def window_origins(centres: jax.Array, config: CollageConfig, window: tuple[int, int]) -> jax.Array:
     """[N, 2] int32 top-left (row, col) of windows centred on ``centres`` [N, 2] (x, y) pixels.
 
     Windows are clamped inside the canvas; one big enough for any patch still covers the part
@@ -182,9 +180,7 @@ def sample_patches(
     return rgba, origins
 
 
-def sample_bilinear(
-    textures: jax.Array, index: jax.Array, v: jax.Array, u: jax.Array
-) -> jax.Array:
+def sample_bilinear(textures: jax.Array, index: jax.Array, v: jax.Array, u: jax.Array) -> jax.Array:
     """Samples ``textures[index[n]]`` bilinearly at continuous texel coordinates.
 
     Coordinates are clamped to the texture, so a texture whose outermost ring of texels is
@@ -240,9 +236,7 @@ def render_population(
 
 
 def _render_all(population, library, background, *, config, windowed):
-    return jax.vmap(lambda c: render(c, library, background, config, windowed=windowed))(
-        population
-    )
+    return jax.vmap(lambda c: render(c, library, background, config, windowed=windowed))(population)
 
 
 @functools.cache

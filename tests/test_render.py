@@ -156,7 +156,9 @@ def extreme_collage(config: CollageConfig) -> Collage:
         rotation=jnp.linspace(-np.pi, np.pi, n).astype(jnp.float32) + 0.785,
         scale=jnp.full((n,), config.min_scale, jnp.float32),
         squeeze=jnp.full((n,), config.min_squeeze, jnp.float32),
-        shear=jnp.asarray(np.where(np.arange(n) % 2, config.max_shear, config.min_shear), jnp.float32),
+        shear=jnp.asarray(
+            np.where(np.arange(n) % 2, config.max_shear, config.min_shear), jnp.float32
+        ),
         colour=jnp.full((n, 3), 0.9, jnp.float32),
         order=jnp.linspace(0, 1, n).astype(jnp.float32),
     )
@@ -171,8 +173,10 @@ def test_windowed_equals_full_canvas_for_extreme_patches(library, mode):
     assert window[0] < config.canvas_height and window[1] < config.canvas_width
     # In float64, so that any difference is a clipped patch rather than rounding.
     with jax.enable_x64(True):
-        collage = jax.tree.map(lambda a: a.astype(jnp.float64) if a.dtype == jnp.float32 else a,
-                               extreme_collage(config))
+        collage = jax.tree.map(
+            lambda a: a.astype(jnp.float64) if a.dtype == jnp.float32 else a,
+            extreme_collage(config),
+        )
         lib64 = PatchLibrary(library.rgba.astype(jnp.float64), library.sizes)
         background = random_background(config).astype(jnp.float64)
         windowed = render(collage, lib64, background, config)

@@ -1,0 +1,161 @@
+"""The built-in patch libraries, made offline: ``shapes`` and ``photos``.
+
+* ``shapes``: white shapes and strokes on transparency, drawn with Pillow at 4x and
+  downsampled (antialiased). The colour transform tints them; the bundled demo CLIP knows
+  their names (circle, square, triangle, star, bar, ring, cross).
+* ``photos``: object-like cut-outs of the colour photographs that scikit-image's wheel
+  ships, segmented into SLIC superpixels with feathered edges.
+
+Both are deterministic; ``library.load_library`` caches what they make.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from clipclop_jax.cutouts import crop_to_alpha, feather
+
+# Bump when what these functions draw changes: it invalidates cached copies.
+VERSION = 1
+SHAPE_SIDE = 256
+SUPERSAMPLE = 4
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "stereo_motorcycle")
+SEGMENTS_PER_PHOTO = 24
+MAX_PATCHES_PER_PHOTO = 10
+# Superpixels smaller than this share of the photo are fragments, larger ones are scenery.
+MIN_SEGMENT_SHARE, MAX_SEGMENT_SHARE = 0.01, 0.2
+FEATHER_PIXELS = 3.0
+
+
+def cutouts(name: str) -> tuple[list[np.ndarray], list[str]]:
+    """The cut-outs ([h, w, 4] uint8) and names of built-in library ``name``."""
+    if name == "shapes":
+        return shape_cutouts()
+    if name == "photos":
+        return photo_cutouts()
+    raise ValueError(f"no built-in library {name!r}: use 'shapes' or 'photos'.")
+
+
+def _polygon(points: int, radius: float, *, inner: float | None = None, turn: float = 0.0):
+    """Vertices of a regular polygon (or a star with ``inner`` radius) around (0, 0)."""
+    count = points * (2 if inner else 1)
+    out = []
+    for k in range(count):
+        r = radius if not inner or k % 2 == 0 else inner
+        angle = turn - math.pi / 2 + 2 * math.pi * k / count
+        out.append((r * math.cos(angle), r * math.sin(angle)))
+    return out
+
+
+def _shape_painters():
+    """name -> function(draw, centre c, radius r, stroke width w) drawing in white."""
+
+    def poly(vertices):
+        return lambda d, c, r, w: d.polygon([(c + x * r, c + y * r) for x, y in vertices], 255)
+
+    def box(half_w, half_h):
+        return lambda d, c, r, w: d.rectangle(
+            (c - half_w * r, c - half_h * r, c + half_w * r, c + half_h * r), 255
+        )
+
+    def ellipse(half_w, half_h):
+        return lambda d, c, r, w: d.ellipse(
+            (c - half_w * r, c - half_h * r, c + half_w * r, c + half_h * r), 255
+        )
+
+    def ring(d, c, r, w):
+        d.ellipse((c - r, c - r, c + r, c + r), 255)
+        d.ellipse((c - 0.6 * r, c - 0.6 * r, c + 0.6 * r, c + 0.6 * r), 0)
+
+    def cross(d, c, r, w):
+        box(1.0, 0.25)(d, c, r, w)
+        box(0.25, 1.0)(d, c, r, w)
+
+    def crescent(d, c, r, w):
+        d.ellipse((c - r, c - r, c + r, c + r), 255)
+        d.ellipse((c - 0.45 * r, c - 1.05 * r, c + 1.4 * r, c + 0.9 * r), 0)
+
+    def stroke(d, c, r, w):
+        d.line((c - r, c + 0.6 * r, c + r, c - 0.6 * r), 255, width=int(w))
+
+    def arc(d, c, r, w):
+        d.arc((c - r, c - r, c + r, c + r), 200, 340, 255, width=int(w))
+
+    def wave(d, c, r, w):
+        points = [
+            (c + r * (t / 20 - 1), c + 0.4 * r * math.sin(t / 20 * 2 * math.pi)) for t in range(41)
+        ]
+        d.line(points, 255, width=int(w), joint="curve")
+
+    return {
+        "circle": ellipse(1.0, 1.0),
+        "ellipse": ellipse(1.0, 0.55),
+        "square": box(0.8, 0.8),
+        "rectangle": box(1.0, 0.5),
+        "triangle": poly(_polygon(3, 1.0, turn=0.0)),
+        "diamond": poly([(0, -1), (0.6, 0), (0, 1), (-0.6, 0)]),
+        "hexagon": poly(_polygon(6, 1.0)),
+        "star": poly(_polygon(5, 1.0, inner=0.45)),
+        "burst": poly(_polygon(8, 1.0, inner=0.6)),
+        "bar": box(1.0, 0.18),
+        "ring": ring,
+        "cross": cross,
+        "crescent": crescent,
+        "stroke": stroke,
+        "arc": arc,
+        "wave": wave,
+    }
+
+
+SHAPE_NAMES = tuple(_shape_painters())
+
+
+def draw_shape(name: str, side: int = SHAPE_SIDE) -> np.ndarray:
+    """One white shape on transparency, [side, side, 4] uint8, antialiased."""
+    big = side * SUPERSAMPLE
+    mask = Image.new("L", (big, big), 0)
+    draw = ImageDraw.Draw(mask)
+    centre, radius = big / 2, big * 0.45
+    _shape_painters()[name](draw, centre, radius, big * 0.09)
+    alpha = np.asarray(mask.resize((side, side), Image.Resampling.LANCZOS), np.uint8)
+    rgba = np.full((side, side, 4), 255, np.uint8)
+    rgba[..., 3] = alpha
+    return rgba
+
+
+def shape_cutouts() -> tuple[list[np.ndarray], list[str]]:
+    cutouts = [crop_to_alpha(draw_shape(name)) for name in SHAPE_NAMES]
+    return cutouts, [f"shapes/{name}" for name in SHAPE_NAMES]
+
+
+def photo_cutouts() -> tuple[list[np.ndarray], list[str]]:
+    try:
+        import skimage.data
+        from skimage.segmentation import slic
+    except ImportError:
+        raise ValueError(
+            "the 'photos' library needs scikit-image: pip install 'clipclop-jax[photos]'."
+        ) from None
+    cutouts, names = [], []
+    for photo in PHOTOS:
+        image = getattr(skimage.data, photo)()
+        image = image[0] if isinstance(image, tuple) else image  # stereo pairs: left view
+        image = np.asarray(image[..., :3], np.uint8)
+        labels = slic(image, n_segments=SEGMENTS_PER_PHOTO, compactness=10, start_label=0)
+        area = image.shape[0] * image.shape[1]
+        counts = np.bincount(labels.ravel())
+        keep = [
+            label
+            for label in np.argsort(-counts, kind="stable")
+            if MIN_SEGMENT_SHARE <= counts[label] / area <= MAX_SEGMENT_SHARE
+        ][:MAX_PATCHES_PER_PHOTO]
+        for label in sorted(keep):
+            alpha = feather(np.where(labels == label, 255, 0), FEATHER_PIXELS)
+            cutout = crop_to_alpha(np.concatenate([image, alpha[..., None]], -1))
+            if cutout is not None:
+                cutouts.append(cutout)
+                names.append(f"photos/{photo}#{label}")
+    return cutouts, names

@@ -1,0 +1,95 @@
+"""The bundled demo CLIP: small, loads float32, tokenises anything, sees colours and shapes."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from clipclop_jax import demo_data
+from clipclop_jax.perceptor import demo_model_path, load_perceptor
+
+# Training draws from seed 0 (and checks itself on seed 10_000); this is a fresh seed.
+HELD_OUT_SEED = 20_240_601
+MAX_ASSET_BYTES = 10 * 1024 * 1024
+
+
+@pytest.fixture(scope="session")
+def demo():
+    return load_perceptor("demo")
+
+
+def test_asset_folder_is_at_most_10_mb():
+    files = [f for f in demo_model_path().rglob("*") if f.is_file()]
+    assert {"flax_model.msgpack", "config.json", "vocab.json", "merges.txt"} <= {
+        f.name for f in files
+    }
+    assert sum(f.stat().st_size for f in files) <= MAX_ASSET_BYTES
+
+
+def test_float16_checkpoint_loads_as_float32(demo):
+    dtypes = {leaf.dtype for leaf in jax.tree.leaves(demo.params)}
+    assert dtypes == {jnp.dtype(jnp.float32)}
+    assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(demo.params))
+    assert demo.image_size == 64 and demo.max_text_tokens == 77
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "a zebra-striped xylophone",
+        "🦄🌈 sparkly unicorn",
+        "supercalifragilisticexpialidocious",
+        "Ünïcödé ÇÀFÉ naïve 東京",
+        "",
+        "   ",
+        "<|endoftext|> sneaky special token",
+    ],
+)
+def test_tokenizer_accepts_any_prompt(demo, prompt):
+    ids, mask = demo.tokenize([prompt])
+    assert ids.shape == (1, demo.max_text_tokens) and mask[0, 0] == 1
+    embeds = demo.embed_text([prompt])
+    assert bool(jnp.all(jnp.isfinite(embeds)))
+
+
+def test_caption_words_are_single_tokens(demo):
+    for word in demo_data.vocabulary():
+        ids, mask = demo.tokenize([word])
+        assert mask.sum() == 3, word  # start, the word, end
+
+
+@pytest.fixture(scope="module")
+def held_out(demo):
+    batch = demo_data.sample_batch(np.random.default_rng(HELD_OUT_SEED), 400, kinds=(1.0, 0.0, 0.0))
+    images = jax.jit(demo_data.draw, static_argnums=1)(batch.scenes, demo.image_size)
+    embed = jax.jit(lambda p, x: demo.embed_images(p, x))
+    return batch, embed(demo.params, images)
+
+
+def test_zero_shot_accuracy_on_held_out_shapes(demo, held_out):
+    """Colour >= 90% and shape >= 80% on fresh single-shape scenes (all sizes, warps)."""
+    batch, image_embeds = held_out
+    accuracy = demo_data.zero_shot_accuracy(image_embeds, batch, demo.embed_text)
+    assert accuracy["colour"] >= 0.9, accuracy
+    assert accuracy["shape"] >= 0.8, accuracy
+
+
+def test_gradient_guidance_pulls_grey_towards_the_prompted_colour(demo):
+    """What the collage optimiser relies on: ascending CLIP similarity adds the colour."""
+    grey = jnp.full((1, 64, 64, 3), 0.5, jnp.float32)
+    texts = demo.embed_text(["red", "blue"])
+
+    @jax.jit
+    def ascend(image, text):
+        def step(x, _):
+            g = jax.grad(lambda y: jnp.sum(demo.embed_images(demo.params, y) @ text))(x)
+            return jnp.clip(x + 0.5 * g / (jnp.abs(g).max() + 1e-12) * 0.05, 0, 1), None
+
+        return jax.lax.scan(step, image, None, length=20)[0]
+
+    red, blue = ascend(grey, texts[0]), ascend(grey, texts[1])
+    red_mean, blue_mean = red.mean(axis=(0, 1, 2)), blue.mean(axis=(0, 1, 2))
+    assert red_mean[0] - red_mean[2] > blue_mean[0] - blue_mean[2]
+    assert red_mean[0] > red_mean[2] and blue_mean[2] > blue_mean[0]

@@ -1,0 +1,153 @@
+"""The Perceptor contract: normalised, pure, differentiable, batch-independent, reloadable."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from clipclop_jax.perceptor import Perceptor, PerceptorError, PromptError, load_perceptor
+
+
+@pytest.fixture(scope="session")
+def demo() -> Perceptor:
+    return load_perceptor("demo")
+
+
+@pytest.fixture(scope="session")
+def embed_jit(demo):
+    return jax.jit(lambda p, x: demo.embed_images(p, x))
+
+
+@pytest.fixture(scope="module")
+def images() -> jax.Array:
+    # Not the model's 64 px, and not square: embed_images must resize.
+    return jax.random.uniform(jax.random.key(0), (3, 72, 80, 3), jnp.float32)
+
+
+def test_embed_images_rows_have_unit_norm(demo, embed_jit, images):
+    embeds = embed_jit(demo.params, images)
+    assert embeds.shape == (3, demo.embed_dim) and embeds.dtype == jnp.float32
+    np.testing.assert_allclose(jnp.linalg.norm(embeds, axis=-1), 1.0, atol=1e-5)
+
+
+def test_embed_text_rows_have_unit_norm(demo):
+    embeds = demo.embed_text(["a red circle", "blue"])
+    assert embeds.shape == (2, demo.embed_dim) and embeds.dtype == jnp.float32
+    np.testing.assert_allclose(jnp.linalg.norm(embeds, axis=-1), 1.0, atol=1e-5)
+
+
+def test_jit_matches_eager(demo, embed_jit, images):
+    np.testing.assert_allclose(
+        embed_jit(demo.params, images), demo.embed_images(demo.params, images), atol=1e-5
+    )
+
+
+def test_embed_images_reads_only_the_params_argument(demo, embed_jit, images):
+    # Zeroed weights give different embeddings: nothing is closed over.
+    zeros = jax.tree.map(jnp.zeros_like, demo.params)
+    assert not np.allclose(embed_jit(zeros, images), embed_jit(demo.params, images))
+
+
+def test_pixel_gradient_matches_finite_difference(demo, images):
+    text = demo.embed_text(["a red circle"])[0]
+
+    def similarity(x):
+        return jnp.sum(demo.embed_images(demo.params, x) @ text)
+
+    f = jax.jit(similarity)
+    grad = jax.jit(jax.grad(similarity))(images)
+    assert bool(jnp.all(jnp.isfinite(grad)))
+    direction = jax.random.normal(jax.random.key(1), images.shape)
+    direction = direction / jnp.linalg.norm(direction)
+    eps = 1e-2  # large enough for float32 round-off, small for the curvature
+    numeric = (f(images + eps * direction) - f(images - eps * direction)) / (2 * eps)
+    analytic = jnp.sum(grad * direction)
+    np.testing.assert_allclose(numeric, analytic, rtol=2e-2, atol=1e-4)
+
+
+def test_batch_rows_are_independent(demo, embed_jit, images):
+    batch = embed_jit(demo.params, images)
+    for i in range(images.shape[0]):
+        single = embed_jit(demo.params, images[i : i + 1])
+        np.testing.assert_allclose(batch[i], single[0], atol=1e-5)
+
+
+def test_save_pretrained_folder_round_trip(demo, embed_jit, images, tmp_path):
+    demo.save_pretrained(tmp_path)
+    reloaded = load_perceptor(str(tmp_path))
+    assert (reloaded.image_size, reloaded.mean, reloaded.std) == (
+        demo.image_size,
+        demo.mean,
+        demo.std,
+    )
+    np.testing.assert_array_equal(
+        embed_jit(reloaded.params, images), embed_jit(demo.params, images)
+    )
+    np.testing.assert_array_equal(
+        reloaded.embed_text(["a green star"]), demo.embed_text(["a green star"])
+    )
+
+
+def test_too_long_prompt_raises_one_line_prompt_error(demo):
+    with pytest.raises(PromptError) as info:
+        demo.embed_text(["fine", "red " * (demo.max_text_tokens + 5)])
+    message = str(info.value)
+    assert "\n" not in message
+    assert "Prompt 1" in message and "shorten it" in message
+    assert str(demo.max_text_tokens) in message
+    assert isinstance(info.value, ValueError)
+
+
+def test_missing_folder_raises_perceptor_error(tmp_path):
+    with pytest.raises(PerceptorError, match="does not exist"):
+        load_perceptor(str(tmp_path / "no_such_model"))
+
+
+def test_offline_hub_name_raises_one_line_perceptor_error(tmp_path):
+    # A fresh interpreter, because huggingface_hub reads HF_HOME/HF_HUB_OFFLINE at import.
+    env = {**os.environ, "HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    code = (
+        "from clipclop_jax.perceptor import load_perceptor, PerceptorError\n"
+        "try:\n"
+        "    load_perceptor('openai/clip-vit-base-patch32')\n"
+        "except PerceptorError as e:\n"
+        "    print('ERROR:' + str(e))\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    lines = [line for line in run.stdout.splitlines() if line.startswith("ERROR:")]
+    assert len(lines) == 1, run.stdout + run.stderr
+    assert "huggingface-cli download openai/clip-vit-base-patch32" in lines[0]
+    assert "demo" in lines[0]
+
+
+def test_matches_pytorch_clip_on_the_same_weights(demo, embed_jit, tmp_path):
+    """An independent reference: transformers' PyTorch CLIP, converted from our weights."""
+    torch = pytest.importorskip("torch")
+    from transformers import CLIPModel
+
+    demo.save_pretrained(tmp_path)
+    model = CLIPModel.from_pretrained(str(tmp_path), from_flax=True).eval()
+    size = demo.image_size
+    images = np.asarray(jax.random.uniform(jax.random.key(2), (2, size, size, 3)))
+    pixels = (images - np.asarray(demo.mean)) / np.asarray(demo.std)
+    ids, mask = demo.tokenize(["a red circle", "something blue"])
+    with torch.no_grad():
+        image_ref = model.get_image_features(
+            pixel_values=torch.from_numpy(pixels.transpose(0, 3, 1, 2)).float()
+        ).numpy()
+        text_ref = model.get_text_features(
+            input_ids=torch.from_numpy(ids).long(), attention_mask=torch.from_numpy(mask)
+        ).numpy()
+    normalise = lambda v: v / np.linalg.norm(v, axis=-1, keepdims=True)
+    np.testing.assert_allclose(embed_jit(demo.params, images), normalise(image_ref), atol=1e-4)
+    np.testing.assert_allclose(
+        demo.embed_text(["a red circle", "something blue"]), normalise(text_ref), atol=1e-4
+    )

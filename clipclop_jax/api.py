@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -13,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from clipclop_jax import io, xla_options
+from clipclop_jax import io, sharding, xla_options
 from clipclop_jax.augment import AugmentConfig
 from clipclop_jax.background import make_background
 from clipclop_jax.config import CollageConfig, OptimConfig, _check_range, from_dict, to_dict
@@ -29,6 +30,7 @@ from clipclop_jax.optimise import (
     make_optimizer,
 )
 from clipclop_jax.params import Collage, CollageParams, random_population, stack, take
+from clipclop_jax.patch_sources import load_library_subset
 from clipclop_jax.perceptor import Perceptor, load_perceptor
 from clipclop_jax.prompts import parse_prompts
 from clipclop_jax.version import __version__
@@ -48,6 +50,9 @@ class GenerateConfig:
         ``high_res_multiplier``).
       high_res_multiplier: the original's 4.
       background: "black", "#rrggbb", "r,g,b", "noise", or an image path.
+      num_devices: devices the population is split over (None: as many as divide it).
+      max_library_patches: use only this many library patches (a seeded random choice), to
+        keep a large library's footprint small (None: all).
       lowres_size, highres_size: library square sides for optimising and for the final render.
       collage, optim, augment, evolution: see their classes.
     """
@@ -60,6 +65,8 @@ class GenerateConfig:
     output_size: int | None = None
     high_res_multiplier: int = 4
     background: str = "black"
+    num_devices: int | None = None
+    max_library_patches: int | None = None
     lowres_size: int = 64
     highres_size: int = 256
     collage: CollageConfig = dataclasses.field(default_factory=CollageConfig)
@@ -77,6 +84,10 @@ class GenerateConfig:
             _check_range("output_size", self.output_size, 8, 32768)
         _check_range("lowres_size", self.lowres_size, 8, 1024)
         _check_range("highres_size", self.highres_size, 8, 8192)
+        if self.num_devices is not None:
+            _check_range("num_devices", self.num_devices, 1, 65536)
+        if self.max_library_patches is not None:
+            _check_range("max_library_patches", self.max_library_patches, 1, 10_000_000)
 
     def output_shape(self) -> tuple[int, int]:
         height, width = self.collage.canvas_shape
@@ -133,10 +144,26 @@ class Resources:
 
 
 def load_resources(config: GenerateConfig) -> Resources:
+    """The run's CLIP model and patch library.
+
+    A library ``.npz`` is read one square at a time (``patch_sources.load_library_subset``),
+    and with ``max_library_patches`` only a seeded random subset of it, so a library of
+    thousands of patches never sits whole in memory.
+    """
     perceptor = load_perceptor(config.model)
-    library = load_library(
-        config.patches, lowres_size=config.lowres_size, highres_size=config.highres_size
-    )
+    sizes = dict(lowres_size=config.lowres_size, highres_size=config.highres_size)
+    if str(config.patches).lower().endswith(".npz"):
+        library = load_library_subset(
+            config.patches, max_patches=config.max_library_patches, seed=config.seed, **sizes
+        )
+    else:
+        library = load_library(config.patches, **sizes)
+        if config.max_library_patches is not None:
+            count = min(config.max_library_patches, library.num_patches)
+            chosen = np.random.default_rng(config.seed).choice(
+                library.num_patches, count, replace=False
+            )
+            library = library.subset(np.sort(chosen))
     return Resources(perceptor, library)
 
 
@@ -178,9 +205,12 @@ def generate(
         ),
     )
     population = initial_population(population_key, config, perceptor, guidance)
+    mesh = sharding.mesh_for_population(config.population, config.num_devices)
     state = init_state(run_key, population, make_optimizer(optim))
-    evolution = make_evolution_step(config.evolution, collage_config, library.low.num_patches)
-    chunk = make_chunk(collage_config, perceptor, optim, config.augment, after_step=evolution)
+    state, guidance = sharding.place(state, guidance, mesh)
+    chunk = compiled_chunk(
+        collage_config, perceptor, optim, config.augment, config.evolution, library.num_patches
+    )
     state, history = run_chunks(chunk, state, guidance, optim, progress_fn)
 
     best = state.best if bool(jnp.isfinite(state.best_loss)) else take(state.population, 0)
@@ -192,6 +222,21 @@ def generate(
         write_outputs(os.fspath(out_dir), config, result, library)
         result = result._replace(out_dir=os.fspath(out_dir))
     return result
+
+
+@functools.lru_cache(maxsize=8)
+def compiled_chunk(
+    collage: CollageConfig,
+    perceptor: Perceptor,
+    optim: OptimConfig,
+    augment: AugmentConfig,
+    evolution: EvolutionConfig,
+    library_size: int,
+):
+    """The run's compiled chunk, shared by every run of the same shapes and settings (a batch
+    of prompts compiles once: prompts, library and weights are arguments, not constants)."""
+    after_step = make_evolution_step(evolution, collage, library_size)
+    return make_chunk(collage, perceptor, optim, augment, after_step=after_step)
 
 
 def run_chunks(

@@ -16,10 +16,11 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw
 
-from clipclop_jax.cutouts import crop_to_alpha, feather
+from clipclop_jax import segment
+from clipclop_jax.cutouts import crop_to_alpha
 
 # Bump when what these functions draw changes: it invalidates cached copies.
-VERSION = 1
+VERSION = 2
 SHAPE_SIDE = 256
 SUPERSAMPLE = 4
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "stereo_motorcycle")
@@ -134,7 +135,6 @@ def shape_cutouts() -> tuple[list[np.ndarray], list[str]]:
 def photo_cutouts() -> tuple[list[np.ndarray], list[str]]:
     try:
         import skimage.data
-        from skimage.segmentation import slic
     except ImportError:
         raise ValueError(
             "the 'photos' library needs scikit-image: pip install 'clipclop-jax[photos]'."
@@ -144,17 +144,16 @@ def photo_cutouts() -> tuple[list[np.ndarray], list[str]]:
         image = getattr(skimage.data, photo)()
         image = image[0] if isinstance(image, tuple) else image  # stereo pairs: left view
         image = np.asarray(image[..., :3], np.uint8)
-        labels = slic(image, n_segments=SEGMENTS_PER_PHOTO, compactness=10, start_label=0)
-        area = image.shape[0] * image.shape[1]
-        counts = np.bincount(labels.ravel())
-        keep = [
-            label
-            for label in np.argsort(-counts, kind="stable")
-            if MIN_SEGMENT_SHARE <= counts[label] / area <= MAX_SEGMENT_SHARE
-        ][:MAX_PATCHES_PER_PHOTO]
-        for label in sorted(keep):
-            alpha = feather(np.where(labels == label, 255, 0), FEATHER_PIXELS)
-            cutout = crop_to_alpha(np.concatenate([image, alpha[..., None]], -1))
+        labels = segment.superpixel_labels(image, num_segments=SEGMENTS_PER_PHOTO)
+        keep = segment.select_regions(
+            labels,
+            min_share=MIN_SEGMENT_SHARE,
+            max_share=MAX_SEGMENT_SHARE,
+            max_regions=MAX_PATCHES_PER_PHOTO,
+        )
+        for label in keep:
+            mask = np.where(labels == label, 255, 0)
+            cutout = segment.cutout_from_mask(image, mask, feather_pixels=FEATHER_PIXELS)
             if cutout is not None:
                 cutouts.append(cutout)
                 names.append(f"photos/{photo}#{label}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from clipclop_jax.cli_patches import add_patches_parser, run_patches
 from clipclop_jax.version import __version__
 
 GROUPS = ("translation", "rotation", "scale", "squeeze", "shear", "colour", "order")
@@ -94,13 +95,42 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--chunk-steps", type=int, default=10, help="steps per compiled chunk (progress interval)"
     )
+    gen.add_argument(
+        "--evolution",
+        default="microbial",
+        choices=("microbial", "es", "none"),
+        help="genetic algorithm across the population (see docs/evolution.md)",
+    )
+    gen.add_argument(
+        "--evolution-frequency", type=int, default=100, help="steps between generations"
+    )
+    gen.add_argument(
+        "--num-devices",
+        type=int,
+        default=None,
+        help="devices to split the population over (default: as many as divide it)",
+    )
+    gen.add_argument(
+        "--max-library-patches",
+        type=int,
+        default=None,
+        help="use only this many patches of a large library (seeded random choice)",
+    )
+    gen.add_argument(
+        "--lowres-size", type=int, default=64, help="library square side for optimising"
+    )
+    gen.add_argument(
+        "--highres-size", type=int, default=256, help="library square side for the final render"
+    )
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_patches_parser(commands)
     return parser
 
 
 def config_from_args(args: argparse.Namespace):
     from clipclop_jax.api import GenerateConfig
     from clipclop_jax.config import CollageConfig, OptimConfig
+    from clipclop_jax.evolution import EvolutionConfig
 
     collage = CollageConfig(
         canvas_height=args.size,
@@ -125,6 +155,7 @@ def config_from_args(args: argparse.Namespace):
         value = getattr(args, f"lr_{group}")
         if value is not None:
             optim_values[f"lr_{group}"] = value
+    evolution = EvolutionConfig(method=args.evolution, frequency=args.evolution_frequency)
     return GenerateConfig(
         prompt=args.prompt,
         model=args.model,
@@ -133,7 +164,12 @@ def config_from_args(args: argparse.Namespace):
         seed=args.seed,
         output_size=args.output_size,
         background=args.background,
+        num_devices=args.num_devices,
+        max_library_patches=args.max_library_patches,
+        lowres_size=args.lowres_size,
+        highres_size=args.highres_size,
         collage=collage,
+        evolution=evolution,
         optim=OptimConfig(**optim_values),
     )
 
@@ -173,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "generate":
             return run_generate(args)
+        if args.command == "patches":
+            return run_patches(args)
     except (ValueError, OSError) as error:
         # Our errors are one line that names the problem and the fix; say just that.
         message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)

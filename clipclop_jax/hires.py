@@ -42,6 +42,11 @@ def render_high_res(
     Returns:
       [height, width, 3] float32 numpy image in [0, 1].
     """
+    # Only the patches this collage shows go to the device, not a whole large library.
+    index = np.asarray(collage.patch_index)
+    used, slot_index = np.unique(index, return_inverse=True)
+    library = PatchLibrary(np.asarray(library.rgba)[used], np.asarray(library.sizes)[used])
+    collage = collage._replace(patch_index=jnp.asarray(slot_index.reshape(index.shape), jnp.int32))
     config = config.resized(height, width)
     window = window_shape(config, library.side)
     group = max(1, min(config.num_patches, MAX_SAMPLES // (window[0] * window[1])))

@@ -163,7 +163,7 @@ def library_from_cutouts(
 def _make_library(low: PatchLibrary, high: PatchLibrary, names: tuple[str, ...]) -> Library:
     digest = hashlib.sha256()
     for array in (*low, *high):
-        digest.update(np.ascontiguousarray(array).tobytes())
+        digest.update(np.ascontiguousarray(array).data)
     return Library(low, high, names, digest.hexdigest()[:32])
 
 

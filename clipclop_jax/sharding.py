@@ -21,6 +21,25 @@ def population_mesh(num_devices: int | None = None) -> Mesh:
     return Mesh(np.asarray(devices[:count]), (AXIS,))
 
 
+def mesh_for_population(population_size: int, num_devices: int | None = None) -> Mesh:
+    """The mesh a population runs on.
+
+    Args:
+      population_size: P, the collages optimised together.
+      num_devices: how many devices to use; None takes the most devices (up to all visible
+        ones) that split P evenly.
+
+    Raises:
+      ValueError: ``num_devices`` is more than are visible, or does not divide P.
+    """
+    if num_devices is None:
+        visible = len(jax.devices())
+        num_devices = max(d for d in range(1, visible + 1) if population_size % d == 0)
+    mesh = population_mesh(num_devices)
+    check_population_fits(population_size, mesh)
+    return mesh
+
+
 def check_population_fits(population_size: int, mesh: Mesh) -> None:
     """Raises a one-line ValueError unless the population divides evenly over the mesh."""
     devices = mesh.devices.size
@@ -57,6 +76,16 @@ def shard_run_state(state, mesh: Mesh):
         best_loss=whole,
     )
     return jax.device_put(state, placement)
+
+
+def place(state, guidance, mesh: Mesh):
+    """Puts a run on the mesh: the state split over the population axis, the guidance (CLIP
+    weights, library, prompts) on every device.
+
+    Every array ends up committed to a ``NamedSharding``, as the compiled chunk's outputs are,
+    so the second chunk call hits the first call's compilation instead of compiling again.
+    """
+    return shard_run_state(state, mesh), replicate(guidance, mesh)
 
 
 def replicate(tree, mesh: Mesh):

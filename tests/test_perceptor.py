@@ -131,10 +131,15 @@ def test_offline_hub_name_raises_one_line_perceptor_error(tmp_path):
 def test_matches_pytorch_clip_on_the_same_weights(demo, embed_jit, tmp_path):
     """An independent reference: transformers' PyTorch CLIP, converted from our weights."""
     torch = pytest.importorskip("torch")
-    from transformers import CLIPModel
+    from transformers import CLIPConfig, CLIPModel
+    from transformers.modeling_flax_pytorch_utils import load_flax_weights_in_pytorch_model
 
     demo.save_pretrained(tmp_path)
-    model = CLIPModel.from_pretrained(str(tmp_path), from_flax=True).eval()
+    # Built on the CPU and filled from our weights: from_pretrained(from_flax=True) builds on
+    # torch's meta device, which this weight converter cannot fill.
+    model = CLIPModel(CLIPConfig.from_pretrained(str(tmp_path))).eval()
+    weights = jax.tree.map(np.asarray, demo.params)
+    model = load_flax_weights_in_pytorch_model(model, weights)
     size = demo.image_size
     images = np.asarray(jax.random.uniform(jax.random.key(2), (2, size, size, 3)))
     pixels = (images - np.asarray(demo.mean)) / np.asarray(demo.std)

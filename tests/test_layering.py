@@ -23,6 +23,7 @@ LAYERS = [
     "background",
     "render",
     "hires",
+    "tiles",
     "poisson",
     "blend",
     "augment",

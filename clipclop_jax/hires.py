@@ -13,7 +13,7 @@ from clipclop_jax.config import CollageConfig
 from clipclop_jax.library import PatchLibrary
 from clipclop_jax.params import Collage
 from clipclop_jax.render import accumulate, composite
-from clipclop_jax.transforms import window_shape
+from clipclop_jax.transforms import sampling_matrix, texel_size
 
 # Samples (window pixels x patches) evaluated at once; bounds the peak memory of a render to
 # a few hundred MiB whatever the output size.
@@ -30,8 +30,9 @@ def render_high_res(
 ) -> np.ndarray:
     """Renders one collage at ``height x width`` from ``library`` (e.g. the high-res copy).
 
-    Patches are drawn in groups whose windows hold at most ``MAX_SAMPLES`` pixels, and the
-    groups' sums are added, so memory stays bounded at any output size.
+    Each patch is drawn on a window fitted to its own size, in groups holding at most
+    ``MAX_SAMPLES`` window pixels, and the groups' sums are added, so memory stays bounded
+    at any output size and time grows with the patches' real area, not the worst case.
 
     Args:
       collage: one collage of ``config.num_patches`` patches.
@@ -48,15 +49,55 @@ def render_high_res(
     library = PatchLibrary(np.asarray(library.rgba)[used], np.asarray(library.sizes)[used])
     collage = collage._replace(patch_index=jnp.asarray(slot_index.reshape(index.shape), jnp.int32))
     config = config.resized(height, width)
-    window = window_shape(config, library.side)
-    group = max(1, min(config.num_patches, MAX_SAMPLES // (window[0] * window[1])))
-    sums = 0.0
-    for start in range(0, config.num_patches, group):
-        part = jax.tree.map(lambda a, s=start: a[s : s + group], collage)
-        size = int(part.patch_index.shape[0])
-        sums = sums + _accumulate_fn(config, window, size)(part, library)
+    sums = jnp.zeros((height, width, _channels(config)), jnp.float32)
+    for window, members in _window_buckets(collage, config, library.side).items():
+        group = max(1, min(len(members), MAX_SAMPLES // (window[0] * window[1])))
+        padded = np.concatenate([members, np.full(-len(members) % group, -1)])
+        for start in range(0, len(padded), group):
+            part = _take_or_offcanvas(collage, padded[start : start + group])
+            sums = sums + _accumulate_fn(config, window, group)(part, library)
     image = _composite_fn(config)(sums, jnp.asarray(background, jnp.float32))
     return np.asarray(image)
+
+
+# Window sides are rounded up to this many pixels, so few distinct sizes compile.
+WINDOW_STEP = 64
+
+
+def _window_buckets(collage: Collage, config: CollageConfig, side: int) -> dict:
+    """Patches grouped by the window each needs *with its own* scale, squeeze and shear.
+
+    Optimisation needs one window size for all patches (the worst case of the ranges, see
+    ``transforms.window_shape``); a final render knows each patch's parameters, and most
+    patches need far less than the worst case.
+    """
+    p = jax.tree.map(np.asarray, collage.params)
+    matrices = np.asarray(sampling_matrix(p.rotation, p.scale, p.squeeze, p.shear), np.float64)
+    canvas_per_texel = texel_size(config, side)
+    half = side / 2.0 + 1.0
+    corners = np.array([[half, half], [half, -half], [-half, half], [-half, -half]])
+    offsets = np.einsum("nij,cj->nci", np.linalg.inv(matrices), corners) * canvas_per_texel
+    radius = np.sqrt((offsets**2).sum(-1)).max(-1)
+    sides = np.ceil((2 * np.ceil(radius) + 4) / WINDOW_STEP) * WINDOW_STEP
+    buckets: dict[tuple[int, int], list[int]] = {}
+    for i, s in enumerate(sides.astype(int)):
+        window = (min(s, config.canvas_height), min(s, config.canvas_width))
+        buckets.setdefault(window, []).append(i)
+    return {window: np.asarray(members) for window, members in sorted(buckets.items())}
+
+
+def _take_or_offcanvas(collage: Collage, members: np.ndarray) -> Collage:
+    """The collage's patches ``members``; index -1 is a padding patch far off the canvas,
+    which samples only transparent texels and so adds exactly nothing to the sums."""
+    safe = np.maximum(members, 0)
+    part = jax.tree.map(lambda leaf: jnp.asarray(np.asarray(leaf)[safe]), collage)
+    away = jnp.asarray(members < 0)[:, None]
+    translation = jnp.where(away, 1e4, part.params.translation)
+    return part._replace(params=part.params._replace(translation=translation))
+
+
+def _channels(config: CollageConfig) -> int:
+    return {"transparency": 3, "masked_transparency": 4, "opacity": 5}[config.render_mode]
 
 
 @functools.cache

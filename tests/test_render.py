@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from clipclop_jax import hires
 from clipclop_jax.config import CollageConfig
 from clipclop_jax.library import PatchLibrary
 from clipclop_jax.params import Collage, CollageParams, clamp, random_population, take
@@ -293,3 +294,21 @@ def test_background_shape_is_checked(library):
     collage = take(random_population(jax.random.key(0), config, 5, 1), 0)
     with pytest.raises(ValueError, match="background has shape"):
         render(collage, library, jnp.zeros((8, 8, 3)), config)
+
+
+@pytest.mark.parametrize("mode", ["masked_transparency", "opacity"])
+def test_high_res_render_equals_the_full_canvas_render(library, mode, monkeypatch):
+    # render_high_res fits a window to each patch's own size and draws patches in groups
+    # padded with off-canvas patches (forced here by a tiny group budget); none of that may
+    # change a pixel.
+    monkeypatch.setattr(hires, "MAX_SAMPLES", 2 * 64 * 64)
+    config = small_config(render_mode=mode)
+    extreme = extreme_collage(config)
+    randoms = take(random_population(jax.random.key(5), config, 5, 1), 0)
+    collage = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), extreme, randoms)
+    config = dataclasses.replace(config, num_patches=int(collage.patch_index.shape[0]))
+    size = (72, 80)
+    background = jnp.asarray(np.random.default_rng(1).uniform(size=(*size, 3)), jnp.float32)
+    high = hires.render_high_res(collage, library, background, config, *size)
+    full = render(collage, library, background, config.resized(*size), windowed=False)
+    np.testing.assert_allclose(high, full, atol=2e-5)

@@ -113,6 +113,13 @@ def main() -> None:
     parser.add_argument("--evaluate-every", type=int, default=500)
     parser.add_argument("--log-every", type=int, default=100)
     parser.add_argument("--benchmark", type=int, default=0, help="time N steps, save nothing")
+    parser.add_argument(
+        "--init",
+        type=pathlib.Path,
+        default=None,
+        help="continue from a model this script saved (its save_pretrained folder): skips "
+        "nothing by itself; pass --pretrain-steps 0 to go straight to the contrastive phase",
+    )
     args = parser.parse_args()
 
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -323,6 +330,9 @@ def main() -> None:
 
     rng = np.random.default_rng(args.seed)
     clip = model.params
+    if args.init is not None:
+        _, saved = FlaxCLIPModel.from_pretrained(str(args.init), _do_init=False)
+        clip = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), saved)
     if args.benchmark:
         args.pretrain_steps = args.steps = args.benchmark
     pre = {"vision": {"vision_model": clip["vision_model"]}, "heads": heads}
@@ -354,8 +364,12 @@ def main() -> None:
         image_mean=list(MEAN),
         image_std=list(STD),
     ).save_pretrained(out)
+    previous = None
+    if args.init is not None and (args.init / "training_info.json").exists():
+        previous = json.loads((args.init / "training_info.json").read_text())
     info = {
         "command": " ".join(sys.argv),
+        "continued_from": previous,
         "seed": args.seed,
         "pretrain_steps": args.pretrain_steps,
         "steps": args.steps,

@@ -3,15 +3,18 @@
 from clipclop_jax.api import (
     GenerateConfig,
     GenerateResult,
+    OutputConfig,
     Resources,
     generate,
     load_collage,
     load_resources,
+    resume,
 )
 from clipclop_jax.augment import AugmentConfig
 from clipclop_jax.config import CollageConfig, OptimConfig
 from clipclop_jax.evolution import EvolutionConfig
 from clipclop_jax.hires import render_high_res
+from clipclop_jax.interrupt import RunInterrupted, StopOnSignal
 from clipclop_jax.library import Library, LibraryError, PatchLibrary, load_library, save_library
 from clipclop_jax.params import Collage, CollageParams, random_population
 from clipclop_jax.perceptor import Perceptor, PerceptorError, PromptError, load_perceptor
@@ -29,11 +32,14 @@ __all__ = [
     "Library",
     "LibraryError",
     "OptimConfig",
+    "OutputConfig",
     "PatchLibrary",
     "Perceptor",
     "PerceptorError",
     "PromptError",
     "Resources",
+    "RunInterrupted",
+    "StopOnSignal",
     "__version__",
     "generate",
     "load_collage",
@@ -44,5 +50,6 @@ __all__ = [
     "render",
     "render_high_res",
     "render_population",
+    "resume",
     "save_library",
 ]

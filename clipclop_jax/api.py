@@ -14,12 +14,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from clipclop_jax import io, sharding, xla_options
+from clipclop_jax import checkpoint, io, sharding, video, xla_options
 from clipclop_jax.augment import AugmentConfig
 from clipclop_jax.background import make_background
 from clipclop_jax.config import CollageConfig, OptimConfig, _check_range, from_dict, to_dict
+from clipclop_jax.config_files import PNG_CONFIG_KEY
 from clipclop_jax.evolution import EvolutionConfig
 from clipclop_jax.hires import render_high_res
+from clipclop_jax.interrupt import RunInterrupted
 from clipclop_jax.library import Library, load_library
 from clipclop_jax.objective import Guidance, make_collage_loss
 from clipclop_jax.optimise import (
@@ -34,6 +36,36 @@ from clipclop_jax.patch_sources import load_library_subset
 from clipclop_jax.perceptor import Perceptor, load_perceptor
 from clipclop_jax.prompts import parse_prompts
 from clipclop_jax.version import __version__
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputConfig:
+    """What a run writes to its folder besides the collage (only with ``out_dir``).
+
+    Files are written at the end of a compiled chunk: at the first chunk end at or after each
+    multiple of ``checkpoint_every`` / ``frame_every`` steps, and at the end of the run.
+
+    Attributes:
+      checkpoint_every: steps between checkpoints (0: only at the end and when stopped).
+        Each checkpoint also rewrites collage.png and params.npz with the best collage so far.
+      keep_checkpoints: how many of the newest checkpoints to keep.
+      gif, mp4: write evolution.gif / evolution.mp4 of the best collage as it evolves.
+      frame_every: steps between frames of the GIF and MP4.
+      fps: their frames per second.
+    """
+
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    gif: bool = False
+    mp4: bool = False
+    frame_every: int = 10
+    fps: float = 10.0
+
+    def __post_init__(self):
+        _check_range("checkpoint_every", self.checkpoint_every, 0, 10_000_000)
+        _check_range("keep_checkpoints", self.keep_checkpoints, 1, 1000)
+        _check_range("frame_every", self.frame_every, 1, 10_000_000)
+        _check_range("fps", self.fps, 0.1, 120.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +86,7 @@ class GenerateConfig:
       max_library_patches: use only this many library patches (a seeded random choice), to
         keep a large library's footprint small (None: all).
       lowres_size, highres_size: library square sides for optimising and for the final render.
-      collage, optim, augment, evolution: see their classes.
+      collage, optim, augment, evolution, output: see their classes.
     """
 
     prompt: str = "a red circle"
@@ -73,6 +105,7 @@ class GenerateConfig:
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
     evolution: EvolutionConfig = dataclasses.field(default_factory=EvolutionConfig)
+    output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
 
     def __post_init__(self):
         if not self.prompt.strip():
@@ -104,6 +137,7 @@ class GenerateConfig:
             "optim": OptimConfig,
             "augment": AugmentConfig,
             "evolution": EvolutionConfig,
+            "output": OutputConfig,
         }
         for key, sub in nested.items():
             if isinstance(values.get(key), dict):
@@ -173,55 +207,308 @@ def generate(
     out_dir: str | os.PathLike | None = None,
     progress_fn: ProgressFn | None = None,
     resources: Resources | None = None,
+    overwrite: bool = False,
+    should_stop: Callable[[], bool] | None = None,
 ) -> GenerateResult:
     """Optimises a population of collages towards the prompt and renders the best one.
 
     Args:
       config: the run's settings.
-      out_dir: if given, writes ``collage.png`` (with the config in its text chunks),
-        ``params.npz`` (the winning collage, its loss, the library fingerprint) and
-        ``config.json`` there.
+      out_dir: if given, the run's folder (docs/runs.md): ``config.json`` once the model
+        and patches load; checkpoints, ``collage.png`` (the config in its text chunks) and
+        ``params.npz`` (the best collage so far) every ``config.output.checkpoint_every``
+        steps and at the end; frames and ``evolution.gif``/``.mp4`` if asked for. It must be
+        new or empty unless ``overwrite``; it is checked for writability and free space
+        before anything is loaded.
       progress_fn: called after each compiled chunk as ``progress_fn(step, metrics)`` with
         metrics ``best_loss``, ``mean_loss``, ``steps_per_second``.
       resources: a perceptor and library already loaded (``load_resources``), for batches.
+      overwrite: reuse a non-empty ``out_dir``, removing the previous run's files there.
+      should_stop: checked before each chunk (e.g. ``interrupt.StopOnSignal().is_set``);
+        when it returns True the run writes a checkpoint and its best collage and raises
+        ``RunInterrupted``.
 
     Returns:
       A ``GenerateResult``.
+
+    Raises:
+      RunInterrupted: ``should_stop`` asked to stop; ``resume(out_dir)`` continues the run.
     """
+    if out_dir is not None:
+        out_dir = os.fspath(out_dir)
+        video.check_video_support(gif=config.output.gif, mp4=config.output.mp4)
+        checkpoint.prepare_output_folder(
+            out_dir, overwrite=overwrite, needed_bytes=estimate_output_bytes(config)
+        )
     resources = resources or load_resources(config)
+    run = _prepare(config, resources)
+    if out_dir is not None:
+        # Only now: a typo in the patches or background leaves the folder empty for a retry.
+        io.atomic_write_bytes(os.path.join(out_dir, checkpoint.CONFIG_FILE), _config_json(config))
+    population = initial_population(run.population_key, config, resources.perceptor, run.guidance)
+    state = init_state(run.run_key, population, make_optimizer(config.optim))
+    state, guidance = sharding.place(state, run.guidance, run.mesh)
+    return _run(
+        config,
+        resources,
+        run._replace(guidance=guidance),
+        state,
+        None,
+        out_dir,
+        progress_fn,
+        should_stop,
+    )
+
+
+def resume(
+    out_dir: str | os.PathLike,
+    *,
+    progress_fn: ProgressFn | None = None,
+    resources: Resources | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> GenerateResult:
+    """Continues the run in ``out_dir`` from its newest checkpoint, with the config saved there.
+
+    On the same machine (same devices and JAX version) the result is bit-identical to the
+    run never having stopped: per-step randomness is ``fold_in(key, step)`` and chunks keep
+    their boundaries. A finished run just writes its outputs again.
+
+    Args:
+      out_dir: a folder ``generate`` wrote with checkpoints.
+      progress_fn, resources, should_stop: as for ``generate``.
+
+    Raises:
+      ValueError: no readable checkpoint, or ``resources`` (or what the saved config loads
+        now) has another patch library or CLIP model than the run started with.
+      RunInterrupted: ``should_stop`` asked to stop again.
+    """
+    out_dir = os.fspath(out_dir)
+    saved = checkpoint.load_latest(out_dir)
+    config = GenerateConfig.from_dict(saved.config)
+    video.check_video_support(gif=config.output.gif, mp4=config.output.mp4)
+    checkpoint.check_output_folder(out_dir, needed_bytes=estimate_output_bytes(config))
+    resources = resources or load_resources(config)
+    checkpoint.check_fingerprints(
+        saved,
+        library_fingerprint=resources.library.fingerprint,
+        model_fingerprint=model_fingerprint(resources.perceptor),
+    )
+    run = _prepare(config, resources)
+    state = checkpoint.restore_state(saved, state_template(config))
+    checkpoint.discard_newer(out_dir, saved.step)
+    state, guidance = sharding.place(state, run.guidance, run.mesh)
+    return _run(
+        config,
+        resources,
+        run._replace(guidance=guidance),
+        state,
+        saved.history,
+        out_dir,
+        progress_fn,
+        should_stop,
+    )
+
+
+class _Run(NamedTuple):
+    guidance: Guidance
+    background: jax.Array  # [H, W, 3] the canvas background, before placement
+    background_key: jax.Array
+    population_key: jax.Array
+    run_key: jax.Array
+    mesh: Any
+
+
+def _prepare(config: GenerateConfig, resources: Resources) -> _Run:
+    """The run's guidance (CLIP weights, prompts, library, background), keys and mesh."""
     perceptor, library = resources.perceptor, resources.library
-    collage_config, optim = config.collage, config.optim
     prompts = parse_prompts(config.prompt)
     key = jax.random.key(config.seed)
     background_key, population_key, run_key = jax.random.split(key, 3)
-    low = jax.tree.map(jnp.asarray, library.low)
+    background = make_background(
+        config.background, *config.collage.canvas_shape, key=background_key
+    )
     guidance = Guidance(
         clip_params=perceptor.params,
         text_embeddings=perceptor.embed_text([p.text for p in prompts]),
         prompt_weights=jnp.asarray([p.weight for p in prompts], jnp.float32),
-        library=low,
-        background=make_background(
-            config.background, *collage_config.canvas_shape, key=background_key
-        ),
+        library=jax.tree.map(jnp.asarray, library.low),
+        background=background,
     )
-    population = initial_population(population_key, config, perceptor, guidance)
     mesh = sharding.mesh_for_population(config.population, config.num_devices)
-    state = init_state(run_key, population, make_optimizer(optim))
-    state, guidance = sharding.place(state, guidance, mesh)
-    chunk = compiled_chunk(
-        collage_config, perceptor, optim, config.augment, config.evolution, library.num_patches
-    )
-    state, history = run_chunks(chunk, state, guidance, optim, progress_fn)
+    return _Run(guidance, background, background_key, population_key, run_key, mesh)
 
-    best = state.best if bool(jnp.isfinite(state.best_loss)) else take(state.population, 0)
+
+def _run(
+    config: GenerateConfig,
+    resources: Resources,
+    run: _Run,
+    state: RunState,
+    history: np.ndarray | None,
+    out_dir: str | None,
+    progress_fn: ProgressFn | None,
+    should_stop: Callable[[], bool] | None,
+) -> GenerateResult:
+    """Drives a placed run state to ``optim.steps`` and writes the run's files."""
+    files = None if out_dir is None else _RunFiles(out_dir, config, resources, run, state)
+    chunk = compiled_chunk(
+        config.collage,
+        resources.perceptor,
+        config.optim,
+        config.augment,
+        config.evolution,
+        resources.library.num_patches,
+    )
+    state, history = run_chunks(
+        chunk,
+        state,
+        run.guidance,
+        config.optim,
+        progress_fn,
+        history=history,
+        after_chunk=None if files is None else files.after_chunk,
+        should_stop=should_stop,
+    )
+    result = best_result(config, resources, state, history, run.background_key)
+    step = int(state.step)
+    if step < config.optim.steps:
+        saved = None if files is None else files.save(state, history, result)
+        raise RunInterrupted(
+            step,
+            config.optim.steps,
+            out_dir=out_dir,
+            checkpoint=saved,
+            collage=None if files is None else os.path.join(out_dir, checkpoint.COLLAGE_FILE),
+            result=result._replace(out_dir=out_dir),
+        )
+    if files is not None:
+        files.finish(state, history, result)
+        result = result._replace(out_dir=out_dir)
+    return result
+
+
+def best_result(
+    config: GenerateConfig,
+    resources: Resources,
+    state: RunState,
+    history: np.ndarray,
+    background_key: jax.Array,
+) -> GenerateResult:
+    """The best collage so far, rendered at the output size."""
+    best = best_collage(state)
     height, width = config.output_shape()
     background = make_background(config.background, height, width, key=background_key)
-    image = render_high_res(best, library.high, background, collage_config, height, width)
-    result = GenerateResult(image, best, float(state.best_loss), history, None)
-    if out_dir is not None:
-        write_outputs(os.fspath(out_dir), config, result, library)
-        result = result._replace(out_dir=os.fspath(out_dir))
-    return result
+    image = render_high_res(best, resources.library.high, background, config.collage, height, width)
+    return GenerateResult(image, best, float(state.best_loss), history, None)
+
+
+def best_collage(state: RunState) -> Collage:
+    """The best collage seen, or the first individual before any has been scored."""
+    return state.best if bool(jnp.isfinite(state.best_loss)) else take(state.population, 0)
+
+
+class _RunFiles:
+    """Writes a run's checkpoints, best collage and frames at chunk ends."""
+
+    def __init__(self, out_dir, config, resources, run: _Run, state: RunState):
+        self.out_dir = out_dir
+        self.config = config
+        self.resources = resources
+        self.run = run
+        self.previous = int(state.step)
+        self.saved_step = self.previous if checkpoint.latest_checkpoint(out_dir) else -1
+        output = config.output
+        self.frames = output.gif or output.mp4
+
+    def after_chunk(self, state: RunState, step: int, rows: list[np.ndarray]) -> None:
+        output, previous = self.config.output, self.previous
+        self.previous = step
+        if self.frames and step // output.frame_every > previous // output.frame_every:
+            self.save_frame(state, step)
+        every = output.checkpoint_every
+        if every and step // every > previous // every and step < self.config.optim.steps:
+            history = np.concatenate(rows)
+            result = best_result(
+                self.config, self.resources, state, history, self.run.background_key
+            )
+            self.save(state, history, result)
+
+    def save(self, state: RunState, history: np.ndarray, result: GenerateResult) -> str:
+        """A checkpoint (unless this step has one) and the best collage so far."""
+        step = int(state.step)
+        path = checkpoint.checkpoint_path(self.out_dir, step)
+        if step != self.saved_step:
+            path = checkpoint.save_checkpoint(
+                self.out_dir,
+                state,
+                history,
+                config=self.config.to_dict(),
+                library_fingerprint=self.resources.library.fingerprint,
+                model_fingerprint=model_fingerprint(self.resources.perceptor),
+                keep=self.config.output.keep_checkpoints,
+            )
+            self.saved_step = step
+        write_outputs(self.out_dir, self.config, result, self.resources.library)
+        return path
+
+    def save_frame(self, state: RunState, step: int) -> None:
+        """The best collage as CLIP sees it (canvas size, low-res library)."""
+        height, width = self.config.collage.canvas_shape
+        image = render_high_res(
+            best_collage(state),
+            self.resources.library.low,
+            self.run.background,
+            self.config.collage,
+            height,
+            width,
+        )
+        video.save_frame(os.path.join(self.out_dir, checkpoint.FRAME_DIR), step, image)
+
+    def finish(self, state: RunState, history: np.ndarray, result: GenerateResult) -> None:
+        """The final checkpoint, collage and videos."""
+        self.save(state, history, result)
+        output, step = self.config.output, int(state.step)
+        if not self.frames:
+            return
+        folder = os.path.join(self.out_dir, checkpoint.FRAME_DIR)
+        last = video.list_frames(folder)[-1:]
+        if not last or not last[0].endswith(f"step-{step:09d}.png"):
+            self.save_frame(state, step)
+        frames = video.list_frames(folder)
+        if output.gif:
+            video.write_gif(os.path.join(self.out_dir, checkpoint.GIF_FILE), frames, fps=output.fps)
+        if output.mp4:
+            video.write_mp4(os.path.join(self.out_dir, checkpoint.MP4_FILE), frames, fps=output.fps)
+
+
+@functools.lru_cache(maxsize=8)
+def model_fingerprint(perceptor: Perceptor) -> str:
+    """``checkpoint.model_fingerprint`` of a perceptor's weights, computed once per perceptor."""
+    return checkpoint.model_fingerprint(perceptor.params)
+
+
+def state_template(config: GenerateConfig) -> RunState:
+    """The run state's structure, shapes and dtypes for ``config`` (no arrays computed)."""
+
+    def fresh(key):
+        population = random_population(key, config.collage, 1, config.population)
+        return init_state(key, population, make_optimizer(config.optim))
+
+    return jax.eval_shape(fresh, jax.random.key(0))
+
+
+def estimate_output_bytes(config: GenerateConfig) -> int:
+    """About the most disk a run's folder needs: checkpoints, images and frames."""
+    output = config.output
+    history = config.optim.steps * config.population * 4
+    state = checkpoint.state_nbytes(state_template(config)) + history + 65536
+    height, width = config.output_shape()
+    images = 2 * height * width * 3 + state
+    frames = 0
+    if output.gif or output.mp4:
+        count = config.optim.steps // output.frame_every + 2
+        pixels = count * config.collage.canvas_height * config.collage.canvas_width
+        frames = pixels * 3 + pixels * output.gif + pixels * output.mp4
+    return (output.keep_checkpoints + 1) * state + images + frames + 2**20
 
 
 @functools.lru_cache(maxsize=8)
@@ -240,12 +527,35 @@ def compiled_chunk(
 
 
 def run_chunks(
-    chunk, state: RunState, guidance: Guidance, optim: OptimConfig, progress_fn
+    chunk,
+    state: RunState,
+    guidance: Guidance,
+    optim: OptimConfig,
+    progress_fn,
+    *,
+    history: np.ndarray | None = None,
+    after_chunk: Callable[[RunState, int, list[np.ndarray]], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> tuple[RunState, np.ndarray]:
-    """Drives the compiled chunks until ``optim.steps``; metrics reach the host per chunk."""
-    rows = []
-    done = 0
+    """Drives the compiled chunks from ``state.step`` until ``optim.steps``; metrics reach the
+    host per chunk.
+
+    Chunks start at multiples of ``optim.chunk_steps``, so a resumed run runs the same chunks.
+
+    Args:
+      history: [state.step, P] losses of the steps already done (resuming), if any.
+      after_chunk: host hook after each chunk, ``after_chunk(state, step, rows)`` with the
+        history so far as a list of [n, P] rows (checkpoints, frames).
+      should_stop: checked before each chunk; True ends the loop early.
+
+    Returns:
+      The state and the [steps done, P] history.
+    """
+    rows = [] if history is None else [np.asarray(history, np.float32)]
+    done = int(state.step)
     while done < optim.steps:
+        if should_stop is not None and should_stop():
+            break
         count = min(optim.chunk_steps, optim.steps - done)
         start = time.perf_counter()
         state, losses = chunk(state, guidance, jnp.asarray(count, jnp.int32))
@@ -253,6 +563,8 @@ def run_chunks(
         elapsed = time.perf_counter() - start
         done += count
         rows.append(losses)
+        if after_chunk is not None:
+            after_chunk(state, done, rows)
         if progress_fn is not None:
             progress_fn(
                 done,
@@ -299,16 +611,23 @@ def initial_population(
 def write_outputs(
     out_dir: str, config: GenerateConfig, result: GenerateResult, library: Library
 ) -> None:
-    """Writes collage.png, params.npz and config.json atomically."""
+    """Writes collage.png (the config in its text chunks), params.npz and config.json
+    atomically."""
     os.makedirs(out_dir, exist_ok=True)
-    config_json = json.dumps(config.to_dict(), indent=2, sort_keys=True)
+    config_json = _config_json(config)
     io.save_png(
-        os.path.join(out_dir, "collage.png"),
+        os.path.join(out_dir, checkpoint.COLLAGE_FILE),
         result.image,
-        text={"clipclop_jax_config": config_json, "clipclop_jax_version": __version__},
+        text={PNG_CONFIG_KEY: config_json.decode(), "clipclop_jax_version": __version__},
     )
-    save_collage(os.path.join(out_dir, "params.npz"), result.collage, result.loss, library)
-    io.atomic_write_bytes(os.path.join(out_dir, "config.json"), config_json.encode())
+    save_collage(
+        os.path.join(out_dir, checkpoint.PARAMS_FILE), result.collage, result.loss, library
+    )
+    io.atomic_write_bytes(os.path.join(out_dir, checkpoint.CONFIG_FILE), config_json)
+
+
+def _config_json(config: GenerateConfig) -> bytes:
+    return json.dumps(config.to_dict(), indent=2, sort_keys=True).encode()
 
 
 def save_collage(path: str, collage: Collage, loss: float, library: Library) -> None:

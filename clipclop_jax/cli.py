@@ -3,12 +3,49 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
+import signal
 import sys
 
 from clipclop_jax.cli_patches import add_patches_parser, run_patches
 from clipclop_jax.version import __version__
 
 GROUPS = ("translation", "rotation", "scale", "squeeze", "shear", "colour", "order")
+
+# `generate` options that set config fields: argparse dest -> the dotted keys it sets. They
+# default to None ("not given"), so a --config file's value stands unless an option is given.
+CONFIG_OPTIONS = {
+    "prompt": ("prompt",),
+    "model": ("model",),
+    "patches": ("patches",),
+    "steps": ("optim.steps",),
+    "population": ("population",),
+    "num_patches": ("collage.num_patches",),
+    "size": ("collage.canvas_height", "collage.canvas_width"),
+    "output_size": ("output_size",),
+    "seed": ("seed",),
+    "render_mode": ("collage.render_mode",),
+    "colour_space": ("collage.colour_space",),
+    "background": ("background",),
+    "optimizer": ("optim.optimizer",),
+    "learning_rate": ("optim.learning_rate",),
+    **{f"lr_{group}": (f"optim.lr_{group}",) for group in GROUPS},
+    "num_crops": ("optim.num_crops",),
+    "use_augmentations": ("optim.use_augmentations",),
+    "initial_search": ("optim.initial_search_size",),
+    "chunk_steps": ("optim.chunk_steps",),
+    "evolution": ("evolution.method",),
+    "evolution_frequency": ("evolution.frequency",),
+    "num_devices": ("num_devices",),
+    "max_library_patches": ("max_library_patches",),
+    "lowres_size": ("lowres_size",),
+    "highres_size": ("highres_size",),
+    "checkpoint_every": ("output.checkpoint_every",),
+    "gif": ("output.gif",),
+    "mp4": ("output.mp4",),
+    "frame_every": ("output.frame_every",),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,167 +55,178 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"clipclop-jax {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_generate_parser(commands)
+    res = commands.add_parser(
+        "resume",
+        help="continue an interrupted run",
+        description="Continue the run in DIR from its newest checkpoint, with the settings "
+        "saved there. See docs/runs.md.",
+    )
+    res.add_argument("dir", metavar="DIR", help="the run's output folder (its --out)")
+    res.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_patches_parser(commands)
+    return parser
+
+
+def add_generate_parser(commands) -> argparse.ArgumentParser:
     gen = commands.add_parser(
         "generate",
         help="make a collage from a prompt",
-        description="Optimise a population of collages towards a prompt; write the best one.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Optimise a population of collages towards a prompt; write the best one. "
+        "Settings come from --config FILE (if given), then the options, then --set.",
     )
-    gen.add_argument("prompt", help='weighted prompts, e.g. "a cat made of leaves:1 | blurry:-0.5"')
-    gen.add_argument("--out", required=True, help="output folder")
+    gen.add_argument(
+        "prompt",
+        nargs="?",
+        help='weighted prompts, e.g. "a cat made of leaves:1 | blurry:-0.5" (or "prompt" '
+        "in --config)",
+    )
+    gen.add_argument("--out", required=True, help="output folder (new or empty)")
+    gen.add_argument(
+        "--config",
+        metavar="FILE",
+        help="settings from a YAML or JSON file, or from a run's config.json or collage.png",
+    )
+    gen.add_argument(
+        "--set",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="any setting by its dotted name, e.g. --set optim.gradient_clipping=5 (repeatable)",
+    )
+    gen.add_argument(
+        "--overwrite", action="store_true", help="reuse a non-empty --out, replacing its run"
+    )
     gen.add_argument(
         "--model",
-        default="demo",
-        help="CLIP: 'demo' (bundled, offline), a Hugging Face name such as "
+        help="CLIP: 'demo' (default; bundled, offline), a Hugging Face name such as "
         "openai/clip-vit-base-patch32, or a save_pretrained folder",
     )
     gen.add_argument(
         "--patches",
-        default="shapes",
-        help="patch library: 'shapes', 'photos', a folder of images, or a .npz/.npy library",
+        help="patch library: 'shapes' (default), 'photos', a folder of images, or a .npz/.npy "
+        "library",
     )
-    gen.add_argument("--steps", type=int, default=1000, help="optimisation steps")
-    gen.add_argument("--population", type=int, default=2, help="collages optimised in parallel")
-    gen.add_argument("--num-patches", type=int, default=100, help="patches per collage")
-    gen.add_argument("--size", type=int, default=224, help="optimisation canvas side (pixels)")
+    gen.add_argument("--steps", type=int, help="optimisation steps (default 1000)")
+    gen.add_argument("--population", type=int, help="collages optimised in parallel (default 2)")
+    gen.add_argument("--num-patches", type=int, help="patches per collage (default 100)")
+    gen.add_argument("--size", type=int, help="optimisation canvas side in pixels (default 224)")
     gen.add_argument(
-        "--output-size",
-        type=int,
-        default=None,
-        help="longest side of the final render (default: 4x --size)",
+        "--output-size", type=int, help="longest side of the final render (default: 4x --size)"
     )
-    gen.add_argument("--seed", type=int, default=0, help="random seed")
+    gen.add_argument("--seed", type=int, help="random seed (default 0)")
     gen.add_argument(
         "--render-mode",
-        default="masked_transparency",
         choices=("transparency", "masked_transparency", "opacity"),
-        help="how overlapping patches combine",
+        help="how overlapping patches combine (default masked_transparency)",
     )
     gen.add_argument(
         "--colour-space",
-        default="rgb",
         choices=("rgb", "hsv", "none"),
-        help="per-patch colour transform",
+        help="per-patch colour transform (default rgb)",
     )
     gen.add_argument(
         "--background",
-        default="black",
-        help="'black', 'white', '#rrggbb', 'r,g,b', 'noise', or an image path",
+        help="'black' (default), 'white', '#rrggbb', 'r,g,b', 'noise', or an image path",
     )
     gen.add_argument(
         "--optimizer",
-        default="adam",
         choices=("adam", "sgd"),
-        help="adam (tuned per parameter group) or sgd (the original's schedule)",
+        help="adam (default; tuned per parameter group) or sgd (the original's schedule)",
     )
     gen.add_argument(
         "--learning-rate",
         type=float,
-        default=None,
         help="sgd: the learning rate (default 0.1, the original's); adam: a multiplier of "
         "the per-group rates (default 1)",
     )
     for group in GROUPS:
-        gen.add_argument(
-            f"--lr-{group}", type=float, default=None, help=f"Adam learning rate of {group}"
-        )
-    gen.add_argument("--num-crops", type=int, default=4, help="augmented crops per step")
+        gen.add_argument(f"--lr-{group}", type=float, help=f"Adam learning rate of {group}")
+    gen.add_argument("--num-crops", type=int, help="augmented crops per step (default 4)")
     gen.add_argument(
-        "--no-augment", action="store_true", help="score the plain render, no augmentations"
+        "--no-augment",
+        dest="use_augmentations",
+        action="store_const",
+        const=False,
+        help="score the plain render, no augmentations",
     )
     gen.add_argument(
         "--initial-search",
         type=int,
-        default=1,
-        help="random collages tried per individual before optimising (1: no search)",
+        help="random collages tried per individual before optimising (default 1: no search)",
     )
     gen.add_argument(
-        "--chunk-steps", type=int, default=10, help="steps per compiled chunk (progress interval)"
+        "--chunk-steps", type=int, help="steps per compiled chunk (progress interval; default 10)"
     )
     gen.add_argument(
         "--evolution",
-        default="microbial",
         choices=("microbial", "es", "none"),
-        help="genetic algorithm across the population (see docs/evolution.md)",
+        help="genetic algorithm across the population (default microbial; docs/evolution.md)",
     )
     gen.add_argument(
-        "--evolution-frequency", type=int, default=100, help="steps between generations"
+        "--evolution-frequency", type=int, help="steps between generations (default 100)"
     )
     gen.add_argument(
         "--num-devices",
         type=int,
-        default=None,
         help="devices to split the population over (default: as many as divide it)",
     )
     gen.add_argument(
         "--max-library-patches",
         type=int,
-        default=None,
         help="use only this many patches of a large library (seeded random choice)",
     )
     gen.add_argument(
-        "--lowres-size", type=int, default=64, help="library square side for optimising"
+        "--lowres-size", type=int, help="library square side for optimising (default 64)"
     )
     gen.add_argument(
-        "--highres-size", type=int, default=256, help="library square side for the final render"
+        "--highres-size", type=int, help="library square side for the final render (default 256)"
     )
+    gen.add_argument(
+        "--checkpoint-every",
+        type=int,
+        help="steps between checkpoints (default 100; 0: only at the end and on Ctrl-C)",
+    )
+    gen.add_argument(
+        "--gif", action="store_const", const=True, help="write evolution.gif of the best collage"
+    )
+    gen.add_argument(
+        "--mp4", action="store_const", const=True, help="write evolution.mp4 of the best collage"
+    )
+    gen.add_argument("--frame-every", type=int, help="steps between GIF/MP4 frames (default 10)")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_patches_parser(commands)
-    return parser
+    return gen
 
 
 def config_from_args(args: argparse.Namespace):
+    """The run's ``GenerateConfig``: --config FILE, then the options given, then --set."""
+    from clipclop_jax import config_files
     from clipclop_jax.api import GenerateConfig
-    from clipclop_jax.config import CollageConfig, OptimConfig
-    from clipclop_jax.evolution import EvolutionConfig
 
-    collage = CollageConfig(
-        canvas_height=args.size,
-        canvas_width=args.size,
-        num_patches=args.num_patches,
-        render_mode=args.render_mode,
-        colour_space=args.colour_space,
-    )
-    optim_values = dict(
-        optimizer=args.optimizer,
-        steps=args.steps,
-        num_crops=args.num_crops,
-        use_augmentations=not args.no_augment,
-        initial_search_size=args.initial_search,
-        chunk_steps=args.chunk_steps,
-    )
-    if args.learning_rate is not None:
-        optim_values["learning_rate"] = args.learning_rate
-    elif args.optimizer == "sgd":
-        optim_values["learning_rate"] = 0.1
-    for group in GROUPS:
-        value = getattr(args, f"lr_{group}")
+    values = {}
+    if args.config:
+        values = config_files.load_config_file(args.config)
+        config_files.check_settings(GenerateConfig, values, source=args.config)
+    overrides = {}
+    for dest, keys in CONFIG_OPTIONS.items():
+        value = getattr(args, dest)
         if value is not None:
-            optim_values[f"lr_{group}"] = value
-    evolution = EvolutionConfig(method=args.evolution, frequency=args.evolution_frequency)
-    return GenerateConfig(
-        prompt=args.prompt,
-        model=args.model,
-        patches=args.patches,
-        population=args.population,
-        seed=args.seed,
-        output_size=args.output_size,
-        background=args.background,
-        num_devices=args.num_devices,
-        max_library_patches=args.max_library_patches,
-        lowres_size=args.lowres_size,
-        highres_size=args.highres_size,
-        collage=collage,
-        evolution=evolution,
-        optim=OptimConfig(**optim_values),
-    )
+            overrides.update(dict.fromkeys(keys, value))
+    overrides.update(config_files.assignments(args.set))
+    values = config_files.merge(values, overrides)
+    if values.get("prompt") is None:
+        raise ValueError("no prompt: give it as the first argument or as 'prompt' in --config.")
+    optim = values.get("optim")
+    if isinstance(optim, dict) and optim.get("optimizer") == "sgd":
+        optim.setdefault("learning_rate", 0.1)  # the original's; Adam's default is 1
+    return config_files.build_config(GenerateConfig, values, source="options")
 
 
-def progress_bar(total: int, enabled: bool):
+def progress_bar(total: int, enabled: bool, *, initial: int = 0):
     """A tqdm bar driven by the API's progress callback."""
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total, unit="step", disable=not enabled, dynamic_ncols=True)
+    bar = tqdm(total=total, initial=initial, unit="step", disable=not enabled, dynamic_ncols=True)
 
     def update(step: int, metrics: dict[str, float]) -> None:
         bar.update(step - bar.n)
@@ -193,11 +241,73 @@ def run_generate(args: argparse.Namespace) -> int:
     from clipclop_jax.api import generate
 
     config = config_from_args(args)
-    bar, update = progress_bar(config.optim.steps, not args.quiet)
-    with bar:
-        result = generate(config, out_dir=args.out, progress_fn=update)
+    return drive(
+        lambda progress_fn, should_stop: generate(
+            config,
+            out_dir=args.out,
+            progress_fn=progress_fn,
+            overwrite=args.overwrite,
+            should_stop=should_stop,
+        ),
+        total=config.optim.steps,
+        quiet=args.quiet,
+    )
+
+
+def run_resume(args: argparse.Namespace) -> int:
+    from clipclop_jax.api import resume
+    from clipclop_jax.checkpoint import latest_checkpoint, read_meta
+
+    total, initial = None, 0
+    path = latest_checkpoint(args.dir)
+    if path is not None:
+        try:
+            meta = read_meta(path)
+            total, initial = meta["config"]["optim"]["steps"], meta["step"]
+        except Exception:  # resume() says what is wrong with the file; the bar has no total
+            pass
+    return drive(
+        lambda progress_fn, should_stop: resume(
+            args.dir, progress_fn=progress_fn, should_stop=should_stop
+        ),
+        total=total,
+        initial=initial,
+        quiet=args.quiet,
+    )
+
+
+def drive(call, *, total: int | None, initial: int = 0, quiet: bool = False) -> int:
+    """Runs ``call(progress_fn, should_stop)`` under a progress bar; the first Ctrl-C or
+    SIGTERM stops it after the current chunk (a checkpoint is written), the second at once."""
+    from clipclop_jax.interrupt import RunInterrupted, StopOnSignal
+
+    bar, update = progress_bar(total, not quiet, initial=initial)
+    with StopOnSignal(on_first=_say_stopping) as stop, bar:
+        try:
+            result = call(update, stop.is_set)
+        except RunInterrupted as stopped:
+            bar.close()
+            _report_stop(stopped, stop.signum)
+            return stop.exit_code
     print(f"best loss {result.loss:.4f}; wrote {result.out_dir}/collage.png")
     return 0
+
+
+def _say_stopping(signum: int) -> None:
+    # Runs beside the main thread (interrupt.StopOnSignal): a plain write, no print().
+    name = signal.Signals(signum).name
+    os.write(2, f"\nclipclop: {name}: stopping after this chunk; again to quit at once.\n".encode())
+
+
+def _report_stop(stopped, signum: int | None) -> None:
+    name = f" ({signal.Signals(signum).name})" if signum else ""
+    lines = [f"stopped at step {stopped.step} of {stopped.total}{name}."]
+    if stopped.checkpoint:
+        lines.append(f"checkpoint: {stopped.checkpoint}")
+        lines.append(f"best collage so far: {stopped.collage}")
+        lines.append(f"continue with: clipclop resume {shlex.quote(stopped.out_dir)}")
+    for line in lines:
+        print(f"clipclop: {line}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -209,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "generate":
             return run_generate(args)
+        if args.command == "resume":
+            return run_resume(args)
         if args.command == "patches":
             return run_patches(args)
     except (ValueError, OSError) as error:

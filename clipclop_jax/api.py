@@ -17,13 +17,26 @@ import numpy as np
 from clipclop_jax import checkpoint, io, sharding, video, xla_options
 from clipclop_jax.augment import AugmentConfig
 from clipclop_jax.background import make_background
-from clipclop_jax.config import CollageConfig, OptimConfig, _check_range, from_dict, to_dict
+from clipclop_jax.blend import BLEND_MODES, blend_collage
+from clipclop_jax.config import (
+    CollageConfig,
+    OptimConfig,
+    _check_choice,
+    _check_range,
+    from_dict,
+    to_dict,
+)
 from clipclop_jax.config_files import PNG_CONFIG_KEY
 from clipclop_jax.evolution import EvolutionConfig
 from clipclop_jax.hires import render_high_res
 from clipclop_jax.interrupt import RunInterrupted
-from clipclop_jax.library import Library, load_library
-from clipclop_jax.objective import Guidance, make_collage_loss
+from clipclop_jax.library import Library, PatchLibrary, load_library
+from clipclop_jax.objective import (
+    DEFAULT_REGION_WEIGHT,
+    Guidance,
+    RegionConfig,
+    make_collage_loss,
+)
 from clipclop_jax.optimise import (
     RunState,
     init_state,
@@ -34,7 +47,8 @@ from clipclop_jax.optimise import (
 from clipclop_jax.params import Collage, CollageParams, random_population, stack, take
 from clipclop_jax.patch_sources import load_library_subset
 from clipclop_jax.perceptor import Perceptor, load_perceptor
-from clipclop_jax.prompts import parse_prompts
+from clipclop_jax.prompts import format_prompts, parse_grid, parse_prompts
+from clipclop_jax.tiles import TileGrid
 from clipclop_jax.version import __version__
 
 
@@ -74,6 +88,18 @@ class GenerateConfig:
 
     Attributes:
       prompt: weighted prompts, "a cat made of leaves:1 | blurry:-0.5".
+      region_prompts: compositional prompts, a grid "sky | sun | sky / tree | field | chicken"
+        (columns by '|', rows by '/'), each region scored on its own crop; a cell may carry
+        a weight, "sun:2", multiplying the region's base weight (the original's 1/5).
+      tiles: "COLSxROWS" for a tiled collage (``tiled.generate_tiled``; docs/tiles.md), or
+        None for one canvas.
+      tile_prompts: a grid of one prompt per tile (None: ``prompt`` for every tile).
+      tile_template: e.g. "close-up of {}": every tile also gets 3 x 3 region prompts, this
+        template filled with its tile's prompt.
+      blend: "poisson" or "mixed" smooths the seams between patches of the final render in
+        the gradient domain (``blend.blend_collage``, docs/blending.md); "none" does not.
+      background_use: with tiles, "global" stretches the background over the whole collage,
+        "local" repeats it in every tile (the original's ``background_use``).
       model: "demo", a Hugging Face CLIP name, or a save_pretrained folder.
       patches: "shapes", "photos", a folder of images, or a library .npz/.npy.
       population: collages optimised in parallel.
@@ -86,10 +112,17 @@ class GenerateConfig:
       max_library_patches: use only this many library patches (a seeded random choice), to
         keep a large library's footprint small (None: all).
       lowres_size, highres_size: library square sides for optimising and for the final render.
-      collage, optim, augment, evolution, output: see their classes.
+      collage, optim, augment, evolution, regions, output: see their classes (the regions'
+        rows and columns follow ``region_prompts``).
     """
 
     prompt: str = "a red circle"
+    region_prompts: str | None = None
+    tiles: str | None = None
+    tile_prompts: str | None = None
+    tile_template: str | None = None
+    background_use: str = "global"
+    blend: str = "none"
     model: str = "demo"
     patches: str = "shapes"
     population: int = 2
@@ -105,6 +138,7 @@ class GenerateConfig:
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
     evolution: EvolutionConfig = dataclasses.field(default_factory=EvolutionConfig)
+    regions: RegionConfig = dataclasses.field(default_factory=RegionConfig)
     output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
 
     def __post_init__(self):
@@ -121,6 +155,24 @@ class GenerateConfig:
             _check_range("num_devices", self.num_devices, 1, 65536)
         if self.max_library_patches is not None:
             _check_range("max_library_patches", self.max_library_patches, 1, 10_000_000)
+        if self.tiles is not None:
+            grid = TileGrid.parse(self.tiles)
+            if self.tile_prompts is not None:
+                parse_grid(self.tile_prompts, rows=grid.rows, cols=grid.cols)
+        elif self.tile_prompts is not None or self.tile_template is not None:
+            raise ValueError("tile_prompts/tile_template need tiles: set tiles, e.g. '3x2'.")
+        if self.tile_template is not None:
+            format_prompts(self.tile_template, "x")
+        _check_choice("background_use", self.background_use, ("global", "local"))
+        _check_choice("blend", self.blend, BLEND_MODES)
+        rows, cols = 0, 0
+        if self.region_prompts is not None:
+            grid = parse_grid(self.region_prompts)
+            rows, cols = len(grid), len(grid[0])
+        if (self.regions.rows, self.regions.cols) != (rows, cols):
+            # Derived from the prompts, so a config file need not repeat the grid's size.
+            regions = dataclasses.replace(self.regions, rows=rows, cols=cols)
+            object.__setattr__(self, "regions", regions)
 
     def output_shape(self) -> tuple[int, int]:
         height, width = self.collage.canvas_shape
@@ -137,6 +189,7 @@ class GenerateConfig:
             "optim": OptimConfig,
             "augment": AugmentConfig,
             "evolution": EvolutionConfig,
+            "regions": RegionConfig,
             "output": OutputConfig,
         }
         for key, sub in nested.items():
@@ -209,6 +262,7 @@ def generate(
     resources: Resources | None = None,
     overwrite: bool = False,
     should_stop: Callable[[], bool] | None = None,
+    canvas_background: jax.typing.ArrayLike | None = None,
 ) -> GenerateResult:
     """Optimises a population of collages towards the prompt and renders the best one.
 
@@ -227,13 +281,19 @@ def generate(
       should_stop: checked before each chunk (e.g. ``interrupt.StopOnSignal().is_set``);
         when it returns True the run writes a checkpoint and its best collage and raises
         ``RunInterrupted``.
+      canvas_background: [H, W, 3] float32 background to optimise over instead of
+        ``config.background`` (a tile's part of a larger background); the final render
+        still uses ``config.background``.
 
     Returns:
       A ``GenerateResult``.
 
     Raises:
       RunInterrupted: ``should_stop`` asked to stop; ``resume(out_dir)`` continues the run.
+      ValueError: ``config.tiles`` is set: use ``tiled.generate_tiled``.
     """
+    if config.tiles is not None:
+        raise ValueError("config.tiles is set: make tiled collages with tiled.generate_tiled.")
     if out_dir is not None:
         out_dir = os.fspath(out_dir)
         video.check_video_support(gif=config.output.gif, mp4=config.output.mp4)
@@ -241,7 +301,7 @@ def generate(
             out_dir, overwrite=overwrite, needed_bytes=estimate_output_bytes(config)
         )
     resources = resources or load_resources(config)
-    run = _prepare(config, resources)
+    run = _prepare(config, resources, canvas_background)
     if out_dir is not None:
         # Only now: a typo in the patches or background leaves the folder empty for a retry.
         io.atomic_write_bytes(os.path.join(out_dir, checkpoint.CONFIG_FILE), _config_json(config))
@@ -318,24 +378,50 @@ class _Run(NamedTuple):
     mesh: Any
 
 
-def _prepare(config: GenerateConfig, resources: Resources) -> _Run:
+def _prepare(
+    config: GenerateConfig,
+    resources: Resources,
+    canvas_background: jax.typing.ArrayLike | None = None,
+) -> _Run:
     """The run's guidance (CLIP weights, prompts, library, background), keys and mesh."""
     perceptor, library = resources.perceptor, resources.library
     prompts = parse_prompts(config.prompt)
     key = jax.random.key(config.seed)
     background_key, population_key, run_key = jax.random.split(key, 3)
-    background = make_background(
-        config.background, *config.collage.canvas_shape, key=background_key
-    )
+    if canvas_background is None:
+        background = make_background(
+            config.background, *config.collage.canvas_shape, key=background_key
+        )
+    else:
+        background = jnp.asarray(canvas_background, jnp.float32)
+        if background.shape != (*config.collage.canvas_shape, 3):
+            raise ValueError(
+                f"canvas_background has shape {background.shape}; expected "
+                f"{(*config.collage.canvas_shape, 3)} for this canvas."
+            )
     guidance = Guidance(
         clip_params=perceptor.params,
         text_embeddings=perceptor.embed_text([p.text for p in prompts]),
         prompt_weights=jnp.asarray([p.weight for p in prompts], jnp.float32),
         library=jax.tree.map(jnp.asarray, library.low),
         background=background,
+        **region_guidance(config, perceptor),
     )
     mesh = sharding.mesh_for_population(config.population, config.num_devices)
     return _Run(guidance, background, background_key, population_key, run_key, mesh)
+
+
+def region_guidance(config: GenerateConfig, perceptor: Perceptor) -> dict[str, jax.Array]:
+    """The region prompts' embeddings [R, D] and weights [R], row by row (none: {})."""
+    if config.region_prompts is None:
+        return {}
+    cells = [cell for row in parse_grid(config.region_prompts) for cell in row]
+    prompts = [parse_prompts(cell)[0] for cell in cells]
+    weights = [DEFAULT_REGION_WEIGHT * p.weight for p in prompts]
+    return dict(
+        region_embeddings=perceptor.embed_text([p.text for p in prompts]),
+        region_weights=jnp.asarray(weights, jnp.float32),
+    )
 
 
 def _run(
@@ -393,12 +479,62 @@ def best_result(
     history: np.ndarray,
     background_key: jax.Array,
 ) -> GenerateResult:
-    """The best collage so far, rendered at the output size."""
+    """The best collage so far, rendered (and blended, if asked) at the output size."""
     best = best_collage(state)
+    image = final_image(config, resources.library, best, background_key)
+    return GenerateResult(image, best, float(state.best_loss), history, None)
+
+
+def final_image(
+    config: GenerateConfig, library: Library, collage: Collage, background_key: jax.Array
+) -> np.ndarray:
+    """One collage at ``config.output_shape()`` from the high-resolution patches, blended
+    when ``config.blend`` asks for it."""
     height, width = config.output_shape()
     background = make_background(config.background, height, width, key=background_key)
-    image = render_high_res(best, resources.library.high, background, config.collage, height, width)
-    return GenerateResult(image, best, float(state.best_loss), history, None)
+    if config.blend == "none":
+        return render_high_res(collage, library.high, background, config.collage, height, width)
+    image, _ = blend_collage(
+        collage,
+        PatchLibrary(*(jnp.asarray(a) for a in library.high)),
+        jnp.asarray(background, jnp.float32),
+        config.collage.resized(height, width),
+        mode=config.blend,
+    )
+    return np.asarray(image)
+
+
+def blend_run(out_dir: str | os.PathLike, mode: str = "poisson", *, resources=None) -> str:
+    """Blends a finished run's best collage (``params.npz``) again, with ``mode``.
+
+    Writes ``collage-<mode>.png`` beside ``collage.png`` (config in its text chunks) and
+    returns its path. The run's library must still be what it was (fingerprint checked).
+    """
+    out_dir = os.fspath(out_dir)
+    path = os.path.join(out_dir, checkpoint.CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise ValueError(f"{out_dir!r} has no {checkpoint.CONFIG_FILE}: pass a run's --out folder.")
+    with open(path) as handle:
+        config = GenerateConfig.from_dict(json.load(handle))
+    if config.tiles is not None:
+        raise ValueError("blending a tiled collage is not supported yet: blend its tiles' runs.")
+    config = dataclasses.replace(config, blend=mode)
+    collage, fingerprint = load_collage(os.path.join(out_dir, checkpoint.PARAMS_FILE))
+    resources = resources or load_resources(config)
+    if fingerprint != resources.library.fingerprint:
+        raise ValueError(
+            f"the patch library {config.patches!r} is not the one this run used (fingerprint "
+            f"{resources.library.fingerprint} != {fingerprint}): restore that library."
+        )
+    background_key = jax.random.split(jax.random.key(config.seed), 3)[0]
+    image = final_image(config, resources.library, collage, background_key)
+    target = os.path.join(out_dir, f"collage-{mode}.png")
+    io.save_png(
+        target,
+        image,
+        text={PNG_CONFIG_KEY: _config_json(config).decode(), "clipclop_jax_version": __version__},
+    )
+    return target
 
 
 def best_collage(state: RunState) -> Collage:
@@ -591,7 +727,7 @@ def initial_population(
     if search == 1:
         return candidates
     no_augment = dataclasses.replace(config.optim, use_augmentations=False)
-    loss = make_collage_loss(config.collage, perceptor, no_augment, config.augment)
+    loss = make_collage_loss(config.collage, perceptor, no_augment, config.augment, config.regions)
     score = xla_options.jit(
         jax.vmap(
             lambda c, g: loss(c.params, c.patch_index, jax.random.key(0), g)[0], in_axes=(0, None)

@@ -17,6 +17,12 @@ GROUPS = ("translation", "rotation", "scale", "squeeze", "shear", "colour", "ord
 # default to None ("not given"), so a --config file's value stands unless an option is given.
 CONFIG_OPTIONS = {
     "prompt": ("prompt",),
+    "region_prompts": ("region_prompts",),
+    "tiles": ("tiles",),
+    "tile_prompts": ("tile_prompts",),
+    "tile_template": ("tile_template",),
+    "background_use": ("background_use",),
+    "blend": ("blend",),
     "model": ("model",),
     "patches": ("patches",),
     "steps": ("optim.steps",),
@@ -64,6 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     res.add_argument("dir", metavar="DIR", help="the run's output folder (its --out)")
     res.add_argument("--quiet", action="store_true", help="no progress bar")
+    bl = commands.add_parser(
+        "blend",
+        help="blend a finished run's collage again",
+        description="Render a finished run's best collage (DIR/params.npz) at its output size "
+        "with gradient-domain blending of the seams; writes DIR/collage-MODE.png.",
+    )
+    bl.add_argument("dir", metavar="DIR", help="the run's output folder (its --out)")
+    bl.add_argument("--mode", choices=("poisson", "mixed"), default="poisson", help="blend mode")
     add_patches_parser(commands)
     return parser
 
@@ -82,6 +96,41 @@ def add_generate_parser(commands) -> argparse.ArgumentParser:
         "in --config)",
     )
     gen.add_argument("--out", required=True, help="output folder (new or empty)")
+    gen.add_argument(
+        "--region-prompts",
+        metavar="GRID",
+        help='compositional prompts, one per region: "sky | sun | sky / tree | field | chicken" '
+        "(columns by '|', rows by '/'; any grid), each scored on its own crop",
+    )
+    gen.add_argument(
+        "--tiles",
+        metavar="COLSxROWS",
+        help="a large collage of tiles, e.g. 3x2, each optimised with its own prompt "
+        "(docs/tiles.md)",
+    )
+    gen.add_argument(
+        "--tile-prompts",
+        metavar="GRID",
+        help='one prompt per tile: "a | b | c / d | e | f" (default: the prompt for every tile)',
+    )
+    gen.add_argument(
+        "--tile-template",
+        metavar="TEXT",
+        help="also give each tile 3x3 region prompts from this template and its tile's prompt, "
+        'e.g. "close-up of {}"',
+    )
+    gen.add_argument(
+        "--background-use",
+        choices=("global", "local"),
+        help="with tiles: stretch the background over the whole collage (default) or repeat it "
+        "in every tile",
+    )
+    gen.add_argument(
+        "--blend",
+        choices=("poisson", "mixed", "none"),
+        help="gradient-domain blending of the seams in the final render (default none; "
+        "docs/blending.md)",
+    )
     gen.add_argument(
         "--config",
         metavar="FILE",
@@ -239,19 +288,31 @@ def progress_bar(total: int, enabled: bool, *, initial: int = 0):
 
 def run_generate(args: argparse.Namespace) -> int:
     from clipclop_jax.api import generate
+    from clipclop_jax.tiled import generate_tiled
+    from clipclop_jax.tiles import TileGrid
 
     config = config_from_args(args)
+    tiles = 1 if config.tiles is None else TileGrid.parse(config.tiles).count
+    run = generate if config.tiles is None else generate_tiled
     return drive(
-        lambda progress_fn, should_stop: generate(
+        lambda progress_fn, should_stop: run(
             config,
             out_dir=args.out,
             progress_fn=progress_fn,
             overwrite=args.overwrite,
             should_stop=should_stop,
         ),
-        total=config.optim.steps,
+        total=config.optim.steps * tiles,
         quiet=args.quiet,
     )
+
+
+def run_blend(args: argparse.Namespace) -> int:
+    from clipclop_jax.api import blend_run
+
+    path = blend_run(args.dir, args.mode)
+    print(f"wrote {path}")
+    return 0
 
 
 def run_resume(args: argparse.Namespace) -> int:
@@ -321,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_generate(args)
         if args.command == "resume":
             return run_resume(args)
+        if args.command == "blend":
+            return run_blend(args)
         if args.command == "patches":
             return run_patches(args)
     except (ValueError, OSError) as error:

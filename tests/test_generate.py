@@ -8,6 +8,7 @@ import logging
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
 from clipclop_jax import (
     CollageConfig,
@@ -19,9 +20,11 @@ from clipclop_jax import (
     load_library,
     load_perceptor,
 )
+from clipclop_jax.api import blend_run
 from clipclop_jax.cli import main
 from clipclop_jax.evolution import EvolutionConfig
 from clipclop_jax.io import png_text
+from clipclop_jax.tiled import generate_tiled
 
 # Small enough to compile once (~15 s) and run 60 steps in seconds on 2 cores.
 SMALL = GenerateConfig(
@@ -129,3 +132,41 @@ def test_cli_bad_values_get_one_line(argv, message, tmp_path, capsys):
     assert code == 2
     assert len(err.splitlines()) == 1 and err.startswith("clipclop: error:"), err
     assert message in err
+
+
+def test_a_region_prompt_moves_its_region_and_not_the_others(resources):
+    config = dataclasses.replace(
+        SMALL, prompt="a circle", region_prompts="something red | something blue"
+    )
+    assert (config.regions.rows, config.regions.cols) == (1, 2)
+    image = generate(config, resources=resources).image
+    left, right = image[:, :32], image[:, 32:]
+    assert redness(left) > redness(right) + 0.05, (redness(left), redness(right))
+
+
+def test_tiles_follow_their_own_prompts_and_assemble_side_by_side(resources, tmp_path):
+    config = dataclasses.replace(SMALL, tiles="2x1", tile_prompts="a red circle | a blue circle")
+    result = generate_tiled(config, resources=resources, out_dir=tmp_path)
+    assert result.image.shape == (64, 128, 3)
+    assert result.history.shape == (60, 4)  # two tiles, population 2 each
+    assert redness(result.image[:, :64]) > redness(result.image[:, 64:]) + 0.05
+    for tile in ("r0c0", "r0c1"):
+        assert (tmp_path / "tiles" / tile / "collage.png").exists()
+    assert (
+        GenerateConfig.from_dict(__import__("json").loads((tmp_path / "config.json").read_text()))
+        == config
+    )
+    with pytest.raises(ValueError, match="tiled.generate_tiled"):
+        generate(config, resources=resources)
+
+
+def test_blend_smooths_a_finished_run_and_keeps_its_picture(resources, red, tmp_path):
+    generate(SMALL, resources=resources, out_dir=tmp_path)
+    path = blend_run(tmp_path, "poisson", resources=resources)
+    blended = np.asarray(Image.open(path), np.float32) / 255
+    plain = np.asarray(Image.open(tmp_path / "collage.png"), np.float32) / 255
+    assert blended.shape == plain.shape
+    difference = np.abs(blended - plain)
+    # Seams move, the picture stays: small on average, not nothing.
+    assert 0.0005 < difference.mean() < 0.05, difference.mean()
+    assert redness(blended) > 0

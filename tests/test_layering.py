@@ -39,6 +39,7 @@ LAYERS = [
     "video",
     "checkpoint",
     "api",
+    "tiled",
     "batch",
     "cli_patches",
     "cli_batch",

@@ -39,9 +39,7 @@ def vit_b32_perceptor() -> Perceptor:
     from transformers import CLIPConfig, FlaxCLIPModel
 
     model = FlaxCLIPModel(CLIPConfig(), _do_init=False)
-    params = jax.jit(model.init_weights, static_argnums=1)(
-        jax.random.PRNGKey(0), model.input_shape
-    )
+    params = jax.jit(model.init_weights, static_argnums=1)(jax.random.PRNGKey(0), model.input_shape)
     return Perceptor(
         name="vit-b32-random",
         image_size=224,
@@ -88,9 +86,9 @@ def stage_times(perceptor, library, population, crops, repeats):
 
     def augment_all(images):
         keys = jax.random.split(key, population)
-        return jax.vmap(
-            lambda k, im: random_augment(k, im, num_crops=crops, output_size=size)
-        )(keys, images)
+        return jax.vmap(lambda k, im: random_augment(k, im, num_crops=crops, output_size=size))(
+            keys, images
+        )
 
     augment_s, _ = timed(
         lambda x: jax.grad(lambda y: jnp.sum(augment_all(y)))(x), images, repeats=repeats

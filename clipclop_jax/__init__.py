@@ -11,6 +11,7 @@ from clipclop_jax.api import (
     resume,
 )
 from clipclop_jax.augment import AugmentConfig
+from clipclop_jax.batch import BatchItem, generate_batch
 from clipclop_jax.config import CollageConfig, OptimConfig
 from clipclop_jax.evolution import EvolutionConfig
 from clipclop_jax.hires import render_high_res
@@ -19,10 +20,12 @@ from clipclop_jax.library import Library, LibraryError, PatchLibrary, load_libra
 from clipclop_jax.params import Collage, CollageParams, random_population
 from clipclop_jax.perceptor import Perceptor, PerceptorError, PromptError, load_perceptor
 from clipclop_jax.render import render, render_population
+from clipclop_jax.tiled import generate_tiled
 from clipclop_jax.version import __version__
 
 __all__ = [
     "AugmentConfig",
+    "BatchItem",
     "Collage",
     "CollageConfig",
     "CollageParams",
@@ -42,6 +45,8 @@ __all__ = [
     "StopOnSignal",
     "__version__",
     "generate",
+    "generate_batch",
+    "generate_tiled",
     "load_collage",
     "load_library",
     "load_perceptor",

@@ -33,6 +33,7 @@ from clipclop_jax.interrupt import RunInterrupted
 from clipclop_jax.library import Library, PatchLibrary, load_library
 from clipclop_jax.objective import (
     DEFAULT_REGION_WEIGHT,
+    NO_REGIONS,
     Guidance,
     RegionConfig,
     make_collage_loss,
@@ -443,6 +444,7 @@ def _run(
         config.augment,
         config.evolution,
         resources.library.num_patches,
+        config.regions,
     )
     state, history = run_chunks(
         chunk,
@@ -655,11 +657,12 @@ def compiled_chunk(
     augment: AugmentConfig,
     evolution: EvolutionConfig,
     library_size: int,
+    regions: RegionConfig = NO_REGIONS,
 ):
     """The run's compiled chunk, shared by every run of the same shapes and settings (a batch
     of prompts compiles once: prompts, library and weights are arguments, not constants)."""
     after_step = make_evolution_step(evolution, collage, library_size)
-    return make_chunk(collage, perceptor, optim, augment, after_step=after_step)
+    return make_chunk(collage, perceptor, optim, augment, after_step=after_step, regions=regions)
 
 
 def run_chunks(

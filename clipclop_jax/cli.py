@@ -8,6 +8,7 @@ import shlex
 import signal
 import sys
 
+from clipclop_jax.cli_batch import add_batch_parser, run_batch
 from clipclop_jax.cli_patches import add_patches_parser, run_patches
 from clipclop_jax.version import __version__
 
@@ -78,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bl.add_argument("dir", metavar="DIR", help="the run's output folder (its --out)")
     bl.add_argument("--mode", choices=("poisson", "mixed"), default="poisson", help="blend mode")
+    add_batch_parser(commands)
     add_patches_parser(commands)
     return parser
 
@@ -384,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_resume(args)
         if args.command == "blend":
             return run_blend(args)
+        if args.command == "batch":
+            return run_batch(args)
         if args.command == "patches":
             return run_patches(args)
     except (ValueError, OSError) as error:

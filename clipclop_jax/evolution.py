@@ -1,40 +1,51 @@
 """Selection and mutation on a fitness vector (lower loss is fitter); never calls CLIP.
 
-The shape is ask/tell as in evosax: ``select`` reads the fitness of the population and
-decides, for every slot, whose genes it takes next and whether they mutate; ``reproduce``
-builds that next population (and carries each parent's optimiser state along with its genes).
-Another strategy only needs another ``select``.
+The shape is ask/tell as in evosax, for a population that gradients also move:
+
+* ``select(key, fitness, method)`` is the *tell*: it reads the [P] fitness vector and decides,
+  for every slot, whose genes it holds next (``Selection.parent``) and whether they mutate
+  (``Selection.mutate``). Each method is one function ``(key, fitness) -> Selection`` in
+  ``SELECTIONS``; another strategy (tournament, truncation, ...) is another entry there.
+* ``reproduce(key, population, opt_state, selection, ...)`` is the *ask*: it builds the next
+  population from the selection, moving each parent's optimiser state along with its genes.
+* ``evolve`` is both: one generation.
+
+All of it is pure and jittable; ``optimise.make_evolution_step`` runs it inside the compiled
+chunk. docs/evolution.md states the exact rules and where they differ from the original.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from clipclop_jax.config import CollageConfig, _check_choice, _check_range
-from clipclop_jax.params import Collage, CollageParams, clamp
+from clipclop_jax.params import Collage, CollageParams, clamp, where
 
 METHODS = ("microbial", "es", "none")
 
 
 @dataclasses.dataclass(frozen=True)
 class EvolutionConfig:
-    """The original's genetic algorithm settings.
+    """The original's genetic algorithm settings (``config.yaml`` defaults).
 
     Attributes:
       method: "microbial" (a random pair competes; the loser becomes a mutated copy of the
         winner: low selection pressure), "es" (every collage but the best becomes a mutant of
         the best: high pressure), or "none".
-      frequency: evolve every this many optimisation steps (original: 100).
-      pos_and_rot_mutation_scale: std of the Gaussian added to translation and rotation.
-      scale_mutation_scale: to scale.
-      distort_mutation_scale: to squeeze and shear.
-      colour_mutation_scale: to the colour parameters.
-      patch_mutation_probability: chance that a mutant swaps one slot's patch for a random
-        library patch.
+      frequency: evolve after every step whose 0-based index is a positive multiple of this
+        (original ``evolution_frequency``: 100).
+      pos_and_rot_mutation_scale: std of the Gaussian added to translation (half-canvas
+        units) and rotation (radians).
+      scale_mutation_scale: std added to scale.
+      distort_mutation_scale: std added to squeeze and shear.
+      colour_mutation_scale: std added to each colour parameter.
+      patch_mutation_probability: chance that a mutant shows a random library patch in one
+        random slot.
     """
 
     method: str = "microbial"
@@ -54,35 +65,75 @@ class EvolutionConfig:
 
 
 class Selection(NamedTuple):
-    """What ``select`` decides: slot ``i`` takes the genes of ``parent[i]`` and mutates them
-    if ``mutate[i]``."""
+    """What ``select`` decides: slot ``i`` takes the genes (and optimiser state) of
+    ``parent[i]`` and mutates them if ``mutate[i]``."""
 
     parent: jax.Array  # [P] int32
     mutate: jax.Array  # [P] bool
 
 
-def select(key: jax.Array, fitness: jax.Array, method: str) -> Selection:
-    """Chooses parents from the fitness vector ([P] losses; NaN is treated as +inf).
+def _keep_everyone(size: int) -> Selection:
+    return Selection(jnp.arange(size, dtype=jnp.int32), jnp.zeros(size, bool))
 
-    Microbial: two distinct individuals are drawn at random; the one with the higher loss
-    (ties: the second drawn) is replaced by a mutant of the other. ES: every individual but
-    the one with the lowest loss is replaced by a mutant of it.
-    """
+
+def select_none(key: jax.Array, fitness: jax.Array) -> Selection:
+    """Everyone keeps their own genes."""
+    del key
+    return _keep_everyone(fitness.shape[0])
+
+
+def select_microbial(key: jax.Array, fitness: jax.Array) -> Selection:
+    """Two distinct individuals drawn uniformly; the one with the higher loss is replaced by
+    a mutant of the other (on a tie the first drawn loses, as in the original). Everyone else
+    is untouched."""
     size = fitness.shape[0]
-    fitness = jnp.where(jnp.isnan(fitness), jnp.inf, fitness)
     identity = jnp.arange(size, dtype=jnp.int32)
-    if method == "none" or size < 2:
-        return Selection(identity, jnp.zeros(size, bool))
-    if method == "es":
-        winner = jnp.argmin(fitness).astype(jnp.int32)
-        mutate = identity != winner
-        return Selection(jnp.where(mutate, winner, identity), mutate)
     pair = jax.random.choice(key, size, (2,), replace=False).astype(jnp.int32)
     first_wins = fitness[pair[0]] < fitness[pair[1]]
     winner = jnp.where(first_wins, pair[0], pair[1])
     loser = jnp.where(first_wins, pair[1], pair[0])
-    parent = identity.at[loser].set(winner)
-    return Selection(parent, identity == loser)
+    return Selection(identity.at[loser].set(winner), identity == loser)
+
+
+def select_es(key: jax.Array, fitness: jax.Array) -> Selection:
+    """The individual with the lowest loss (ties: the lowest index) stays; every other slot
+    becomes a mutant of it."""
+    del key
+    size = fitness.shape[0]
+    identity = jnp.arange(size, dtype=jnp.int32)
+    winner = jnp.argmin(fitness).astype(jnp.int32)
+    mutate = identity != winner
+    return Selection(jnp.where(mutate, winner, identity), mutate)
+
+
+# method name -> (key, fitness [P] with no NaN) -> Selection.
+SELECTIONS: dict[str, Callable[[jax.Array, jax.Array], Selection]] = {
+    "microbial": select_microbial,
+    "es": select_es,
+    "none": select_none,
+}
+
+
+def select(key: jax.Array, fitness: jax.Array, method: str) -> Selection:
+    """Chooses parents from the fitness vector.
+
+    Args:
+      key: randomness of the choice (microbial's pair).
+      fitness: [P] losses, lower is fitter; NaN counts as +inf (here, and only here), so a
+        NaN collage never wins against a finite one.
+      method: a key of ``SELECTIONS``.
+
+    Returns:
+      A ``Selection``. A population of one is never changed.
+    """
+    if method not in SELECTIONS:
+        raise ValueError(f"method={method!r} is not valid: choose one of {', '.join(SELECTIONS)}.")
+    if fitness.ndim != 1:
+        raise ValueError(f"fitness has shape {fitness.shape}; expected [P].")
+    if fitness.shape[0] < 2:
+        return _keep_everyone(fitness.shape[0])
+    fitness = jnp.where(jnp.isnan(fitness), jnp.inf, fitness)
+    return SELECTIONS[method](key, fitness)
 
 
 def mutate(
@@ -92,9 +143,14 @@ def mutate(
     collage_config: CollageConfig,
     library_size: int,
 ) -> Collage:
-    """A mutant of one collage: Gaussian noise on the continuous genes (the depth order is
-    copied unchanged, as in the original), clamped to the valid ranges, and with probability
-    ``patch_mutation_probability`` one random slot showing a random library patch."""
+    """A mutant of one collage.
+
+    Every continuous gene gets independent Gaussian noise of its group's scale (translation
+    and rotation: ``pos_and_rot``; scale; squeeze and shear: ``distort``; colour), and the
+    result is clamped to the valid ranges. The depth ``order`` is copied unchanged, as in the
+    original. With probability ``patch_mutation_probability`` one slot, drawn uniformly,
+    shows a library patch drawn uniformly (possibly the one it had).
+    """
     keys = jax.random.split(key, 9)
     p = collage.params
 
@@ -111,7 +167,7 @@ def mutate(
         order=p.order,
     )
     slot = jax.random.randint(keys[6], (), 0, collage.patch_index.shape[0])
-    new_patch = jax.random.randint(keys[7], (), 0, library_size, jnp.int32)
+    new_patch = jax.random.randint(keys[7], (), 0, library_size, collage.patch_index.dtype)
     swap = jax.random.uniform(keys[8]) < config.patch_mutation_probability
     patch_index = jnp.where(swap, collage.patch_index.at[slot].set(new_patch), collage.patch_index)
     return Collage(clamp(params, collage_config), patch_index)
@@ -128,9 +184,20 @@ def reproduce(
 ) -> tuple[Collage, Any]:
     """The next population and its optimiser state.
 
-    Each slot copies its parent's genes and optimiser state; mutants then get new genes.
-    Mutation keys are ``fold_in(key, slot)``, so results do not depend on how the population
-    is split over devices.
+    Each slot copies its parent's genes and optimiser state (Adam moments, step counts: the
+    state belongs to the genes, not to the slot); mutants then get new genes. Slot ``i``
+    mutates with ``fold_in(key, i)``, so results do not depend on how the population is
+    split over devices.
+
+    Args:
+      key: the generation's mutation key.
+      population: [P] collages.
+      opt_state: a pytree whose every leaf has the leading [P] axis.
+      selection: from ``select``.
+      config, collage_config, library_size: mutation scales, valid ranges, patch count.
+
+    Returns:
+      ``(population, opt_state)``, same shapes.
     """
     children = jax.tree.map(lambda leaf: leaf[selection.parent], population)
     opt_state = jax.tree.map(lambda leaf: leaf[selection.parent], opt_state)
@@ -138,12 +205,7 @@ def reproduce(
     mutants = jax.vmap(lambda k, c: mutate(k, c, config, collage_config, library_size))(
         keys, children
     )
-
-    def choose(mutant, child):
-        mask = selection.mutate.reshape(selection.mutate.shape + (1,) * (child.ndim - 1))
-        return jnp.where(mask, mutant, child)
-
-    return jax.tree.map(choose, mutants, children), opt_state
+    return where(selection.mutate, mutants, children), opt_state
 
 
 def evolve(
@@ -155,7 +217,7 @@ def evolve(
     collage_config: CollageConfig,
     library_size: int,
 ) -> tuple[Collage, Any]:
-    """``select`` then ``reproduce``: one generation."""
+    """One generation: ``select`` on ``fitness`` ([P]), then ``reproduce``."""
     select_key, mutate_key = jax.random.split(key)
     selection = select(select_key, fitness, config.method)
     return reproduce(

@@ -52,6 +52,7 @@ class RegionConfig:
         return self.rows * self.cols
 
 
+NO_REGIONS = RegionConfig()
 # The original's weight of each of its nine regions.
 DEFAULT_REGION_WEIGHT = 0.2
 
@@ -118,7 +119,7 @@ def make_collage_loss(
     perceptor,
     optim: OptimConfig,
     augment: AugmentConfig,
-    regions: RegionConfig = RegionConfig(),
+    regions: RegionConfig = NO_REGIONS,
 ):
     """Builds ``loss(params, patch_index, key, guidance) -> (loss, image)`` for one collage.
 

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import NamedSharding, PartitionSpec
 
 from clipclop_jax import xla_options
 from clipclop_jax.augment import AugmentConfig
 from clipclop_jax.config import PARAMETER_GROUPS, CollageConfig, OptimConfig
 from clipclop_jax.evolution import EvolutionConfig, evolve
-from clipclop_jax.objective import Guidance, make_collage_loss
+from clipclop_jax.objective import NO_REGIONS, Guidance, RegionConfig, make_collage_loss
 from clipclop_jax.params import Collage, CollageParams, clamp, population_size, take
 
 
@@ -80,12 +82,18 @@ def individual_keys(key: jax.Array, step: jax.Array, size: int) -> jax.Array:
     return jax.vmap(lambda i: jax.random.fold_in(step_key, i))(jnp.arange(size))
 
 
-def make_step(config: CollageConfig, perceptor, optim: OptimConfig, augment: AugmentConfig):
+def make_step(
+    config: CollageConfig,
+    perceptor,
+    optim: OptimConfig,
+    augment: AugmentConfig,
+    regions: RegionConfig = NO_REGIONS,
+):
     """``step(state, guidance) -> (state, losses [P])``: one gradient step of every collage.
 
     Not jitted: ``make_chunk`` scans it inside one compiled program.
     """
-    collage_loss = make_collage_loss(config, perceptor, optim, augment)
+    collage_loss = make_collage_loss(config, perceptor, optim, augment, regions)
     value_and_grad = jax.vmap(
         jax.value_and_grad(collage_loss, has_aux=True), in_axes=(0, 0, 0, None)
     )
@@ -124,15 +132,29 @@ def make_step(config: CollageConfig, perceptor, optim: OptimConfig, augment: Aug
 EVOLUTION_STREAM = 0x45564F
 
 
+def evolution_due(step: jax.Array, frequency: int) -> jax.Array:
+    """Whether a generation follows the step with 0-based index ``step``: as in the
+    original, after steps ``frequency``, ``2 * frequency``, ... (never after step 0)."""
+    return (step > 0) & (step % frequency == 0)
+
+
 def make_evolution_step(evolution: EvolutionConfig, config: CollageConfig, library_size: int):
-    """``after_step(state) -> state`` that evolves the population every ``frequency`` steps
-    (after the gradient step that completes each period), or None for "none"."""
+    """``after_step(state) -> state``: a generation of ``evolution`` when one is due after the
+    gradient step just taken, else the state unchanged; None for method "none".
+
+    The fitness is ``state.losses``, the losses that step measured (of the parameters before
+    its update, as in the original); the genes copied are the updated ones. The generation
+    after step ``t`` (0-based) has the key ``fold_in(fold_in(run_key, EVOLUTION_STREAM), t)``,
+    so a resumed run evolves exactly as an uninterrupted one. docs/evolution.md has the rules.
+    """
     if evolution.method == "none":
         return None
 
     def after_step(state: RunState) -> RunState:
+        done = state.step - 1  # 0-based index of the step just taken
+
         def generation(state):
-            key = jax.random.fold_in(jax.random.fold_in(state.key, EVOLUTION_STREAM), state.step)
+            key = jax.random.fold_in(jax.random.fold_in(state.key, EVOLUTION_STREAM), done)
             population, opt_state = evolve(
                 key,
                 state.population,
@@ -144,8 +166,9 @@ def make_evolution_step(evolution: EvolutionConfig, config: CollageConfig, libra
             )
             return state._replace(population=population, opt_state=opt_state)
 
-        due = (state.step % evolution.frequency) == 0
-        return jax.lax.cond(due, generation, lambda s: s, state)
+        return jax.lax.cond(
+            evolution_due(done, evolution.frequency), generation, lambda s: s, state
+        )
 
     return after_step
 
@@ -157,16 +180,22 @@ def make_chunk(
     augment: AugmentConfig,
     *,
     after_step=None,
+    regions: RegionConfig = NO_REGIONS,
 ):
-    """A jit-compiled ``chunk(state, guidance, num_steps) -> (state, losses)``.
+    """A compiled ``chunk(state, guidance, num_steps) -> (state, losses)``.
 
-    Runs ``num_steps <= optim.chunk_steps`` steps in one compiled loop; ``num_steps`` is a
+    Runs ``num_steps <= optim.chunk_steps`` steps in one compiled loop (``lax.fori_loop``),
+    each followed by ``after_step(state) -> state`` (e.g. evolution); ``num_steps`` is a
     traced argument, so a shorter last chunk does not recompile. ``losses`` is
     [optim.chunk_steps, P], NaN in the rows of steps not run. The state is donated.
-    ``after_step(state) -> state`` (e.g. evolution) runs inside the loop after each step.
+
+    When the state is placed on a mesh (``sharding.shard_run_state``), the program is
+    compiled for that placement: the returned state keeps exactly the input's shardings (so
+    the next call reuses the program) and ``losses`` comes back replicated (so every host of a
+    multi-host run can read it).
     """
     length = optim.chunk_steps
-    step = make_step(config, perceptor, optim, augment)
+    step = make_step(config, perceptor, optim, augment, regions)
 
     def chunk(state: RunState, guidance: Guidance, num_steps: jax.Array):
         size = population_size(state.population)
@@ -182,4 +211,22 @@ def make_chunk(
         count = jnp.minimum(num_steps, length)
         return jax.lax.fori_loop(0, count, body, (state, history))
 
-    return xla_options.jit(chunk, donate_argnums=0)
+    unplaced = xla_options.jit(chunk, donate_argnums=0)
+    placed = {}  # input shardings -> program that keeps them
+
+    @functools.wraps(chunk)
+    def run(state: RunState, guidance: Guidance, num_steps):
+        shardings = [getattr(leaf, "sharding", None) for leaf in jax.tree.leaves(state)]
+        if not all(isinstance(s, NamedSharding) for s in shardings):
+            return unplaced(state, guidance, num_steps)
+        layout = (jax.tree.structure(state), tuple(shardings))
+        if layout not in placed:
+            mesh = shardings[0].mesh
+            out_shardings = (
+                jax.tree.unflatten(layout[0], shardings),
+                NamedSharding(mesh, PartitionSpec()),
+            )
+            placed[layout] = xla_options.jit(chunk, donate_argnums=0, out_shardings=out_shardings)
+        return placed[layout](state, guidance, num_steps)
+
+    return run

@@ -1,4 +1,11 @@
-"""Spread the population axis over devices: one mesh axis, "pop"."""
+"""Spread the population axis over devices: one mesh axis, "pop".
+
+The run state (population, optimiser state, latest losses) is split over the devices along its
+leading [P] axis; everything else (CLIP weights, patch library, prompts, the best collage so
+far, the key, the step) is replicated. The same code runs on one CPU, eight simulated CPU
+devices, a GPU box or a multi-host TPU pod slice (every host runs the same program; see
+docs/devices.md).
+"""
 
 from __future__ import annotations
 
@@ -11,12 +18,22 @@ AXIS = "pop"
 
 
 def population_mesh(num_devices: int | None = None) -> Mesh:
-    """A 1-D mesh over the first ``num_devices`` devices (default: all of them)."""
+    """A 1-D mesh over the first ``num_devices`` devices (default: all of them).
+
+    With several processes (``jax.distributed.initialize()``), ``jax.devices()`` lists every
+    host's devices, and the mesh must span all of them: each host runs the same program and
+    holds its share of the population.
+    """
     devices = jax.devices()
     count = len(devices) if num_devices is None else num_devices
     if not 1 <= count <= len(devices):
         raise ValueError(
             f"num_devices={count} but {len(devices)} device(s) are visible: use 1..{len(devices)}."
+        )
+    if jax.process_count() > 1 and count != len(devices):
+        raise ValueError(
+            f"num_devices={count} but this is a {jax.process_count()}-process run over "
+            f"{len(devices)} devices: leave num_devices unset or use {len(devices)}."
         )
     return Mesh(np.asarray(devices[:count]), (AXIS,))
 
@@ -27,14 +44,17 @@ def mesh_for_population(population_size: int, num_devices: int | None = None) ->
     Args:
       population_size: P, the collages optimised together.
       num_devices: how many devices to use; None takes the most devices (up to all visible
-        ones) that split P evenly.
+        ones) that split P evenly, or, in a multi-process run, all of them.
 
     Raises:
       ValueError: ``num_devices`` is more than are visible, or does not divide P.
     """
     if num_devices is None:
         visible = len(jax.devices())
-        num_devices = max(d for d in range(1, visible + 1) if population_size % d == 0)
+        if jax.process_count() > 1:
+            num_devices = visible
+        else:
+            num_devices = max(d for d in range(1, visible + 1) if population_size % d == 0)
     mesh = population_mesh(num_devices)
     check_population_fits(population_size, mesh)
     return mesh

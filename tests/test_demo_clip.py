@@ -62,7 +62,9 @@ def test_caption_words_are_single_tokens(demo):
 
 @pytest.fixture(scope="module")
 def held_out(demo):
-    batch = demo_data.sample_batch(np.random.default_rng(HELD_OUT_SEED), 1000, kinds=(1.0, 0.0, 0.0))
+    batch = demo_data.sample_batch(
+        np.random.default_rng(HELD_OUT_SEED), 1000, kinds=(1.0, 0.0, 0.0)
+    )
     images = jax.jit(demo_data.draw, static_argnums=1)(batch.scenes, demo.image_size)
     embed = jax.jit(lambda p, x: demo.embed_images(p, x))
     return batch, embed(demo.params, images)

@@ -136,7 +136,7 @@ def test_cli_bad_values_get_one_line(argv, message, tmp_path, capsys):
 
 def test_a_region_prompt_moves_its_region_and_not_the_others(resources):
     config = dataclasses.replace(
-        SMALL, prompt="a circle", region_prompts="something red | something blue"
+        SMALL, prompt="a circle", region_prompts="something red:4 | something blue:4"
     )
     assert (config.regions.rows, config.regions.cols) == (1, 2)
     image = generate(config, resources=resources).image

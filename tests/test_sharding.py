@@ -1,0 +1,96 @@
+"""The population axis split over devices (8 simulated CPU devices, tests/conftest.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from test_evolution import EVOLVE, demo_resources, evolution_run
+
+from clipclop_jax import generate
+from clipclop_jax.config import CollageConfig, OptimConfig
+from clipclop_jax.optimise import init_state, make_optimizer
+from clipclop_jax.params import random_population
+from clipclop_jax.sharding import (
+    check_population_fits,
+    mesh_for_population,
+    place,
+    population_mesh,
+)
+
+
+def test_the_suite_sees_eight_devices():
+    assert len(jax.devices()) == 8
+
+
+def test_run_state_is_split_on_the_population_axis_and_guidance_replicated():
+    config = CollageConfig(num_patches=4)
+    population = random_population(jax.random.key(0), config, 10, 8)
+    state = init_state(jax.random.key(1), population, make_optimizer(OptimConfig()))
+    guidance = {"clip": jnp.ones((3, 5)), "library": jnp.zeros((10, 2))}
+    mesh = mesh_for_population(8)
+    assert mesh.devices.size == 8
+    state, guidance = place(state, guidance, mesh)
+    for leaf in jax.tree.leaves(state.population) + [state.losses]:
+        assert leaf.sharding.num_devices == 8
+        assert {s.data.shape[0] for s in leaf.addressable_shards} == {1}
+    for leaf in jax.tree.leaves(state.opt_state):
+        if leaf.ndim:
+            assert {s.data.shape[0] for s in leaf.addressable_shards} == {1}
+    for leaf in jax.tree.leaves((state.best, state.best_loss, state.step, guidance)):
+        assert leaf.sharding.is_fully_replicated
+
+
+def test_default_device_count_is_the_most_that_divide_the_population():
+    assert mesh_for_population(8).devices.size == 8
+    assert mesh_for_population(12).devices.size == 6
+    assert mesh_for_population(7).devices.size == 7
+    assert mesh_for_population(3, 1).devices.size == 1
+
+
+@pytest.mark.parametrize(
+    "population, num_devices, message",
+    [
+        (6, 4, "population 6 does not divide over 4 devices: use a population of 4 or 8"),
+        (2, 4, "population 2 does not divide over 4 devices: use a population of 4"),
+        (8, 16, "num_devices=16 but 8 device(s) are visible: use 1..8"),
+        (8, 0, "num_devices=0 but 8 device(s) are visible"),
+    ],
+)
+def test_a_population_that_does_not_fit_gets_one_line(population, num_devices, message):
+    with pytest.raises(ValueError) as error:
+        mesh_for_population(population, num_devices)
+    assert message in str(error.value)
+    assert len(str(error.value).splitlines()) == 1
+
+
+def test_check_population_fits_names_the_fix():
+    with pytest.raises(ValueError, match="or fewer devices"):
+        check_population_fits(10, population_mesh(8))
+
+
+def test_generate_refuses_a_population_that_does_not_divide_before_compiling():
+    config = dataclasses.replace(EVOLVE, num_devices=3)
+    with pytest.raises(ValueError, match="population 8 does not divide over 3 devices"):
+        generate(config, resources=demo_resources())
+
+
+def test_eight_devices_give_the_one_device_run():
+    # Same seed and settings (EVOLVE: evolution alone), the population split 8 ways or not
+    # at all. Every random draw is per individual (fold_in of its index), so both runs draw
+    # the same initial collages and mutations and take the same evolution decisions: the
+    # winning collage is bit for bit the same. The CLIP scores agree to float32 rounding,
+    # not bit for bit: XLA:CPU fuses and tiles the 8-way program differently from the
+    # 1-device one (docs/devices.md).
+    split, compiled_split = evolution_run("es", 0)
+    whole, compiled_whole = evolution_run("es", 0, 1)
+    assert len(compiled_split) <= 1 and len(compiled_whole) <= 1  # each program once
+    assert split.history.shape == whole.history.shape == (60, 8)
+    np.testing.assert_allclose(split.history, whole.history, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(split.collage.patch_index, whole.collage.patch_index)
+    for a, b in zip(split.collage.params, whole.collage.params, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert abs(split.loss - whole.loss) < 1e-6

@@ -11,25 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-# Options that set config fields: argparse dest -> the dotted keys it sets. They default to
-# None ("not given"), so a --config file's value stands unless an option is given.
-CONFIG_OPTIONS = {
-    "model": ("model",),
-    "patches": ("patches",),
-    "steps": ("optim.steps",),
-    "population": ("population",),
-    "num_patches": ("collage.num_patches",),
-    "size": ("collage.canvas_height", "collage.canvas_width"),
-    "output_size": ("output_size",),
-    "seed": ("seed",),
-    "num_crops": ("optim.num_crops",),
-    "chunk_steps": ("optim.chunk_steps",),
-    "evolution": ("evolution.method",),
-    "evolution_frequency": ("evolution.frequency",),
-    "num_devices": ("num_devices",),
-    "lowres_size": ("lowres_size",),
-    "highres_size": ("highres_size",),
-}
+from clipclop_jax.cli_options import add_config_options, settings_from_args
 
 
 def add_batch_parser(subparsers) -> argparse.ArgumentParser:
@@ -51,49 +33,8 @@ def add_batch_parser(subparsers) -> argparse.ArgumentParser:
         action="store_true",
         help="reuse the prompts' folders of an earlier batch in --out, replacing their runs",
     )
-    batch.add_argument(
-        "--config",
-        metavar="FILE",
-        help="settings from a YAML or JSON file, or from a run's config.json or collage.png "
-        "(its prompt is ignored)",
-    )
-    batch.add_argument(
-        "--set",
-        metavar="KEY=VALUE",
-        action="append",
-        default=[],
-        help="any setting by its dotted name, e.g. --set optim.num_crops=2 (repeatable)",
-    )
-    batch.add_argument("--model", help="CLIP: 'demo' (default), a hub name or a folder")
-    batch.add_argument("--patches", help="patch library (default 'shapes')")
-    batch.add_argument("--steps", type=int, help="optimisation steps per prompt (default 1000)")
-    batch.add_argument("--population", type=int, help="collages optimised in parallel (default 2)")
-    batch.add_argument("--num-patches", type=int, help="patches per collage (default 100)")
-    batch.add_argument("--size", type=int, help="optimisation canvas side in pixels (default 224)")
-    batch.add_argument(
-        "--output-size", type=int, help="longest side of the final render (default: 4x --size)"
-    )
-    batch.add_argument("--seed", type=int, help="random seed, the same for every prompt")
-    batch.add_argument("--num-crops", type=int, help="augmented crops per step (default 4)")
-    batch.add_argument("--chunk-steps", type=int, help="steps per compiled chunk (default 10)")
-    batch.add_argument(
-        "--evolution",
-        choices=("microbial", "es", "none"),
-        help="genetic algorithm across the population (default microbial; docs/evolution.md)",
-    )
-    batch.add_argument(
-        "--evolution-frequency", type=int, help="steps between generations (default 100)"
-    )
-    batch.add_argument(
-        "--num-devices",
-        type=int,
-        help="devices to split the population over (default: as many as divide it)",
-    )
-    batch.add_argument("--lowres-size", type=int, help="library side for optimising (default 64)")
-    batch.add_argument(
-        "--highres-size", type=int, help="library side for the final render (default 256)"
-    )
     batch.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_config_options(batch)
     return batch
 
 
@@ -103,22 +44,10 @@ PLACEHOLDER_PROMPT = "placeholder"
 
 def config_from_args(args: argparse.Namespace):
     """The batch's settings as a ``GenerateConfig`` whose prompt is a placeholder."""
-    from clipclop_jax import config_files
-    from clipclop_jax.api import GenerateConfig
-
-    values = config_files.load_config_file(args.config) if args.config else {}
-    overrides = {}
-    for dest, keys in CONFIG_OPTIONS.items():
-        value = getattr(args, dest)
-        if value is not None:
-            overrides.update(dict.fromkeys(keys, value))
-    overrides.update(config_files.assignments(args.set))
-    overrides["prompt"] = PLACEHOLDER_PROMPT  # the prompts come from the file
-    values = config_files.merge(values, overrides)
-    optim = values.get("optim")
-    if isinstance(optim, dict) and optim.get("optimizer") == "sgd":
-        optim.setdefault("learning_rate", 0.1)  # the original's; Adam's default is 1
-    return config_files.build_config(GenerateConfig, values, source=args.config or "settings")
+    config = settings_from_args(args, prompt=PLACEHOLDER_PROMPT)
+    if config.tiles is not None:
+        raise ValueError("a batch makes single-canvas collages: drop --tiles (or 'tiles').")
+    return config
 
 
 def run_batch(args: argparse.Namespace) -> int:

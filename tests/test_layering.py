@@ -42,6 +42,7 @@ LAYERS = [
     "tiled",
     "batch",
     "cli_patches",
+    "cli_options",
     "cli_batch",
     "cli",
     "__init__",

@@ -27,7 +27,7 @@ class ImageReadError(ValueError):
 
 
 @contextlib.contextmanager
-def _atomic_path(path: str | os.PathLike) -> Iterator[str]:
+def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     """Yields a temporary path beside ``path`` that replaces it on success."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
@@ -51,7 +51,7 @@ def _atomic_path(path: str | os.PathLike) -> Iterator[str]:
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Writes ``data`` to ``path`` atomically."""
-    with _atomic_path(path) as temporary, open(temporary, "wb") as handle:
+    with atomic_path(path) as temporary, open(temporary, "wb") as handle:
         handle.write(data)
 
 
@@ -76,7 +76,7 @@ def save_png(
     info = PngImagePlugin.PngInfo()
     for key, value in (text or {}).items():
         info.add_itxt(key, value)
-    with _atomic_path(path) as temporary:
+    with atomic_path(path) as temporary:
         Image.fromarray(to_uint8(image)).save(temporary, format="PNG", pnginfo=info)
 
 

@@ -18,7 +18,6 @@ import collections
 import contextlib
 import dataclasses
 import os
-import secrets
 import tempfile
 import zipfile
 from collections.abc import Callable, Mapping
@@ -26,6 +25,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 from PIL import Image
 
+from clipclop_jax import io
 from clipclop_jax.contact_sheet import save_contact_sheet, shown_indices
 from clipclop_jax.cutouts import ALPHA_EMPTY
 from clipclop_jax.library import LIBRARY_FORMAT, LibraryError, square_patch
@@ -296,37 +296,27 @@ def normalised_brightness(cutout: np.ndarray) -> np.ndarray:
 def _write_library_npz(out: str, store: SlotStore) -> None:
     """Streams the store's squares into ``out`` (same layout as ``np.savez_compressed``)."""
     order = store.order()
-    folder, base = os.path.split(os.path.abspath(out))
-    temporary = os.path.join(folder, f".tmp-{secrets.token_hex(6)}-{base}")
-    try:
-        # open(..., "xb") rather than mkstemp: the library gets the umask's permissions.
-        with (
-            open(temporary, "xb") as raw,
-            zipfile.ZipFile(raw, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as archive,
+    with (
+        io.atomic_path(out) as temporary,
+        open(temporary, "wb") as raw,
+        zipfile.ZipFile(raw, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as archive,
+    ):
+        for key, value in (
+            ("format", np.asarray(LIBRARY_FORMAT)),
+            ("sizes", np.asarray([store.size(i) for i in order], np.int32).reshape(-1, 2)),
+            ("names", np.asarray([store.name(i) for i in order])),
         ):
-            for key, value in (
-                ("format", np.asarray(LIBRARY_FORMAT)),
-                ("sizes", np.asarray([store.size(i) for i in order], np.int32).reshape(-1, 2)),
-                ("names", np.asarray([store.name(i) for i in order])),
-            ):
-                with archive.open(f"{key}.npy", "w", force_zip64=True) as handle:
-                    np.lib.format.write_array(handle, value, allow_pickle=False)
-            header = {
-                "descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)),
-                "fortran_order": False,
-                "shape": (len(order), store.side, store.side, 4),
-            }
-            with archive.open("rgba.npy", "w", force_zip64=True) as handle:
-                np.lib.format.write_array_header_2_0(handle, header)
-                for slot in order:
-                    handle.write(store.square(slot).tobytes())
-        with open(temporary, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temporary, out)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(temporary)
-        raise
+            with archive.open(f"{key}.npy", "w", force_zip64=True) as handle:
+                np.lib.format.write_array(handle, value, allow_pickle=False)
+        header = {
+            "descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)),
+            "fortran_order": False,
+            "shape": (len(order), store.side, store.side, 4),
+        }
+        with archive.open("rgba.npy", "w", force_zip64=True) as handle:
+            np.lib.format.write_array_header_2_0(handle, header)
+            for slot in order:
+                handle.write(store.square(slot).tobytes())
 
 
 def thumbnail(square: np.ndarray) -> np.ndarray:

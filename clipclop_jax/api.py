@@ -308,17 +308,7 @@ def generate(
         io.atomic_write_bytes(os.path.join(out_dir, checkpoint.CONFIG_FILE), _config_json(config))
     population = initial_population(run.population_key, config, resources.perceptor, run.guidance)
     state = init_state(run.run_key, population, make_optimizer(config.optim))
-    state, guidance = sharding.place(state, run.guidance, run.mesh)
-    return _run(
-        config,
-        resources,
-        run._replace(guidance=guidance),
-        state,
-        None,
-        out_dir,
-        progress_fn,
-        should_stop,
-    )
+    return _run(config, resources, run, state, None, out_dir, progress_fn, should_stop)
 
 
 def resume(
@@ -357,17 +347,7 @@ def resume(
     run = _prepare(config, resources)
     state = checkpoint.restore_state(saved, state_template(config))
     checkpoint.discard_newer(out_dir, saved.step)
-    state, guidance = sharding.place(state, run.guidance, run.mesh)
-    return _run(
-        config,
-        resources,
-        run._replace(guidance=guidance),
-        state,
-        saved.history,
-        out_dir,
-        progress_fn,
-        should_stop,
-    )
+    return _run(config, resources, run, state, saved.history, out_dir, progress_fn, should_stop)
 
 
 class _Run(NamedTuple):
@@ -435,7 +415,10 @@ def _run(
     progress_fn: ProgressFn | None,
     should_stop: Callable[[], bool] | None,
 ) -> GenerateResult:
-    """Drives a placed run state to ``optim.steps`` and writes the run's files."""
+    """Places the run state on the run's mesh, drives it to ``optim.steps`` and writes the
+    run's files."""
+    state, guidance = sharding.place(state, run.guidance, run.mesh)
+    run = run._replace(guidance=guidance)
     files = None if out_dir is None else _RunFiles(out_dir, config, resources, run, state)
     chunk = compiled_chunk(
         config.collage,

@@ -291,14 +291,19 @@ def _folder_cutouts(folder: pathlib.Path, files: list[pathlib.Path]):
     return cutouts, names
 
 
+def check_library_format(data, path, error: type[ValueError] = LibraryError) -> None:
+    """Raises ``error`` unless the opened ``np.load`` archive ``data`` is a library .npz."""
+    if "format" not in data or str(data["format"]) != LIBRARY_FORMAT:
+        raise error(
+            f"{os.fspath(path)!r} is not a clipclop-jax library .npz: build one with "
+            "`clipclop patches build`."
+        )
+
+
 def _npz_cutouts(path: pathlib.Path):
     try:
         with np.load(path, allow_pickle=False) as data:
-            if "format" not in data or str(data["format"]) != LIBRARY_FORMAT:
-                raise LibraryError(
-                    f"{str(path)!r} is not a clipclop-jax library .npz: build one with "
-                    "`clipclop patches build`."
-                )
+            check_library_format(data, path)
             patches = PatchLibrary(data["rgba"], data["sizes"])
             names = [str(n) for n in data["names"]]
     except LibraryError:

@@ -30,10 +30,10 @@ from clipclop_jax import io
 from clipclop_jax.cutouts import ALPHA_EMPTY, black_is_transparent
 from clipclop_jax.library import (
     IMAGE_SUFFIXES,
-    LIBRARY_FORMAT,
     Library,
     LibraryError,
     PatchLibrary,
+    check_library_format,
     square_patch,
 )
 
@@ -278,11 +278,7 @@ def read_library_index(path: str | os.PathLike) -> tuple[np.ndarray, tuple[str, 
     """A library ``.npz``'s small arrays: ``sizes`` [P, 2] int32 and the names."""
     try:
         with np.load(path, allow_pickle=False) as data:
-            if "format" not in data or str(data["format"]) != LIBRARY_FORMAT:
-                raise SourceError(
-                    f"{os.fspath(path)!r} is not a clipclop-jax library .npz: build one with "
-                    "`clipclop patches build`."
-                )
+            check_library_format(data, path, SourceError)
             return np.asarray(data["sizes"], np.int32), tuple(str(n) for n in data["names"])
     except SourceError:
         raise

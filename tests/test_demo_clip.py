@@ -78,20 +78,33 @@ def test_zero_shot_accuracy_on_held_out_shapes(demo, held_out):
     assert accuracy["shape"] >= 0.8, accuracy
 
 
-def test_gradient_guidance_pulls_grey_towards_the_prompted_colour(demo):
-    """What the collage optimiser relies on: ascending CLIP similarity adds the colour."""
-    grey = jnp.full((1, 64, 64, 3), 0.5, jnp.float32)
-    texts = demo.embed_text(["red", "blue"])
+def test_gradient_guidance_tints_a_grey_shape_towards_the_prompted_colour(demo):
+    """What the collage optimiser relies on: ascending CLIP similarity to a colour, from a
+    grey disc on black (an untinted patch), raises that colour's channel against the other
+    two, more than ascending any other colour does."""
+    yy, xx = np.mgrid[:64, :64]
+    disc = (yy - 32) ** 2 + (xx - 32) ** 2 < 14**2
+    start = jnp.asarray(np.where(disc[None, ..., None], 0.6, 0.0), jnp.float32)
+    start = jnp.broadcast_to(start, (1, 64, 64, 3))
+    colours = ("red", "green", "blue")
 
     @jax.jit
     def ascend(image, text):
         def step(x, _):
             g = jax.grad(lambda y: jnp.sum(demo.embed_images(demo.params, y) @ text))(x)
-            return jnp.clip(x + 0.5 * g / (jnp.abs(g).max() + 1e-12) * 0.05, 0, 1), None
+            return jnp.clip(x + 0.05 * g / (jnp.abs(g).max() + 1e-12), 0, 1), None
 
         return jax.lax.scan(step, image, None, length=20)[0]
 
-    red, blue = ascend(grey, texts[0]), ascend(grey, texts[1])
-    red_mean, blue_mean = red.mean(axis=(0, 1, 2)), blue.mean(axis=(0, 1, 2))
-    assert red_mean[0] - red_mean[2] > blue_mean[0] - blue_mean[2]
-    assert red_mean[0] > red_mean[2] and blue_mean[2] > blue_mean[0]
+    def contrast(image, channel):
+        """How much the disc's ``channel`` exceeds the mean of the other two."""
+        mean = np.asarray(image)[0][disc].mean(axis=0)
+        return mean[channel] - (mean.sum() - mean[channel]) / 2
+
+    texts = demo.embed_text([f"a {c} circle" for c in colours])
+    ascended = [ascend(start, text) for text in texts]
+    for channel, colour in enumerate(colours):
+        own = contrast(ascended[channel], channel)
+        others = [contrast(ascended[k], channel) for k in range(3) if k != channel]
+        assert own > 0.002, (colour, own)
+        assert own > max(others) + 0.002, (colour, own, others)

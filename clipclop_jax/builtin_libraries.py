@@ -3,6 +3,9 @@
 * ``shapes``: white shapes and strokes on transparency, drawn with Pillow at 4x and
   downsampled (antialiased). The colour transform tints them; the bundled demo CLIP knows
   their names (circle, square, triangle, star, bar, ring, cross).
+* ``painted``: the seven shapes the demo CLIP knows, each painted in its eight colours (56
+  cut-outs of fixed colour). With ``colour_space="none"`` gradients can move, scale and
+  turn them but not recolour them: which cut-outs a collage shows is left to evolution.
 * ``photos``: object-like cut-outs of the colour photographs that scikit-image's wheel
   ships, segmented into SLIC superpixels with feathered edges.
 
@@ -23,6 +26,19 @@ from clipclop_jax.cutouts import crop_to_alpha
 VERSION = 2
 SHAPE_SIDE = 256
 SUPERSAMPLE = 4
+# The demo CLIP's colour and shape words; each RGB lies inside the HSV range that
+# demo_data draws for that colour name, so the demo model names them right.
+PAINTS = {
+    "red": (220, 30, 30),
+    "orange": (245, 140, 20),
+    "yellow": (240, 225, 40),
+    "green": (40, 190, 50),
+    "blue": (40, 80, 230),
+    "purple": (140, 50, 200),
+    "pink": (250, 170, 210),
+    "white": (245, 245, 245),
+}
+PAINTED_SHAPES = ("circle", "square", "triangle", "star", "bar", "ring", "cross")
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "stereo_motorcycle")
 SEGMENTS_PER_PHOTO = 24
 MAX_PATCHES_PER_PHOTO = 10
@@ -35,9 +51,11 @@ def cutouts(name: str) -> tuple[list[np.ndarray], list[str]]:
     """The cut-outs ([h, w, 4] uint8) and names of built-in library ``name``."""
     if name == "shapes":
         return shape_cutouts()
+    if name == "painted":
+        return painted_cutouts()
     if name == "photos":
         return photo_cutouts()
-    raise ValueError(f"no built-in library {name!r}: use 'shapes' or 'photos'.")
+    raise ValueError(f"no built-in library {name!r}: use 'shapes', 'painted' or 'photos'.")
 
 
 def _polygon(points: int, radius: float, *, inner: float | None = None, turn: float = 0.0):
@@ -130,6 +148,18 @@ def draw_shape(name: str, side: int = SHAPE_SIDE) -> np.ndarray:
 def shape_cutouts() -> tuple[list[np.ndarray], list[str]]:
     cutouts = [crop_to_alpha(draw_shape(name)) for name in SHAPE_NAMES]
     return cutouts, [f"shapes/{name}" for name in SHAPE_NAMES]
+
+
+def painted_cutouts() -> tuple[list[np.ndarray], list[str]]:
+    cutouts, names = [], []
+    for shape in PAINTED_SHAPES:
+        white = crop_to_alpha(draw_shape(shape))
+        for colour, rgb in PAINTS.items():
+            painted = white.copy()
+            painted[..., :3] = rgb
+            cutouts.append(painted)
+            names.append(f"painted/{colour}-{shape}")
+    return cutouts, names
 
 
 def photo_cutouts() -> tuple[list[np.ndarray], list[str]]:

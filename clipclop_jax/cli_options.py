@@ -108,8 +108,8 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
     )
     gen.add_argument(
         "--patches",
-        help="patch library: 'shapes' (default), 'photos', a folder of images, or a .npz/.npy "
-        "library",
+        help="patch library: 'shapes' (default), 'painted', 'photos', a folder of images, or a "
+        ".npz/.npy library",
     )
     gen.add_argument("--steps", type=int, help="optimisation steps (default 1000)")
     gen.add_argument("--population", type=int, help="collages optimised in parallel (default 2)")

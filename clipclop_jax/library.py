@@ -1,6 +1,6 @@
 """Patch libraries: the cut-outs a collage is made of, as padded device-ready arrays.
 
-``load_library(source)`` reads a library by name ("shapes", "photos"), from a folder of
+``load_library(source)`` reads a built-in library ("shapes", "painted", "photos"), a folder of
 images, a library ``.npz`` (``save_library``) or an original Arnheim 3 ``.npy`` patch file,
 and returns a ``Library``: a low-resolution copy for optimisation and a high-resolution copy
 for the final render, plus a fingerprint that saved collages record. Folder and built-in
@@ -32,7 +32,7 @@ CACHE_VERSION = 1
 IMAGE_SUFFIXES = frozenset(
     {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
 )
-BUILTIN = ("shapes", "photos")
+BUILTIN = ("shapes", "painted", "photos")
 
 
 class LibraryError(ValueError):
@@ -201,7 +201,8 @@ def load_library(
     """Loads a patch library.
 
     Args:
-      source: "shapes" (white shapes to tint), "photos" (cut-outs of scikit-image's colour
+      source: "shapes" (white shapes to tint), "painted" (the same shapes in eight fixed
+        colours, for ``colour_space="none"``), "photos" (cut-outs of scikit-image's colour
         photographs), a folder of images, a library ``.npz`` written by ``save_library`` or
         ``clipclop patches build``, or an original Arnheim 3 ``.npy`` patch file.
       lowres_size: square side of the optimisation copy (texels).
@@ -229,8 +230,8 @@ def load_library(
         return _cached(key, cache_dir, lambda: _folder_cutouts(path, files), options)
     if not path.exists():
         raise LibraryError(
-            f"patch library {name!r} does not exist: pass 'shapes', 'photos', a folder of "
-            "images, or a .npz/.npy library file."
+            f"patch library {name!r} does not exist: pass 'shapes', 'painted', 'photos', a "
+            "folder of images, or a .npz/.npy library file."
         )
     if path.suffix.lower() == ".npz":
         cutouts, names = _npz_cutouts(path)

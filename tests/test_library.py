@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from clipclop_jax import io
+from clipclop_jax.builtin_libraries import PAINTED_SHAPES, PAINTS
 from clipclop_jax.library import (
     LibraryError,
     library_from_cutouts,
@@ -255,7 +256,7 @@ def test_wrong_kind_of_file_fails_with_one_line(tmp_path):
         load_library(tmp_path / "other.npz")
 
 
-@pytest.mark.parametrize("name", ["shapes", "photos"])
+@pytest.mark.parametrize("name", ["shapes", "painted", "photos"])
 def test_builtin_libraries_load_offline(name, cache):
     library = load_library(name, lowres_size=32, highres_size=64, cache_dir=cache)
     assert library.num_patches >= 12
@@ -265,5 +266,14 @@ def test_builtin_libraries_load_offline(name, cache):
     if name == "shapes":
         opaque = library.high.rgba[..., 3] > 250
         assert (library.high.rgba[..., :3][opaque] == 255).all()  # white, to be tinted
+    elif name == "painted":
+        assert library.num_patches == len(PAINTS) * len(PAINTED_SHAPES)
+        for i, patch_name in enumerate(library.names):
+            colour, shape = patch_name.removeprefix("painted/").split("-")
+            assert shape in PAINTED_SHAPES
+            opaque = library.high.rgba[i, ..., 3] > 250
+            rgb = library.high.rgba[i][opaque][:, :3].astype(int)  # resampling rings a little
+            np.testing.assert_array_equal(np.median(rgb, axis=0), PAINTS[colour], patch_name)
+            assert np.percentile(np.abs(rgb - PAINTS[colour]), 95) <= 16, patch_name
     else:
         assert len({n.split("#")[0] for n in library.names}) >= 4  # from several photos

@@ -163,7 +163,6 @@ def _dataclass_named(owner: type, annotation: Any) -> type | None:
 
 
 OPTIMIZERS = ("adam", "sgd")
-POPULATION_LOOPS = ("map", "vmap")
 PARAMETER_GROUPS = ("translation", "rotation", "scale", "squeeze", "shear", "colour", "order")
 
 
@@ -185,10 +184,6 @@ class OptimConfig:
       initial_search_size: random collages drawn per individual before optimising, the best
         kept (original: 1, no search).
       chunk_steps: steps compiled into one program between host round trips.
-      population_loop: "map" steps each collage on its own, in a loop over each device's
-        share of the population, so a seed gives the same result bit for bit whatever the
-        device count; "vmap" batches the collages of a device into one computation, which
-        can be faster on accelerators but rounds differently per device count.
     """
 
     optimizer: str = "adam"
@@ -206,11 +201,9 @@ class OptimConfig:
     use_augmentations: bool = True
     initial_search_size: int = 1
     chunk_steps: int = 10
-    population_loop: str = "map"
 
     def __post_init__(self):
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        _check_choice("population_loop", self.population_loop, POPULATION_LOOPS)
         _check_range("steps", self.steps, 0, 10_000_000)
         _check_range("learning_rate", self.learning_rate, 0.0, 1000.0)
         for group in PARAMETER_GROUPS:

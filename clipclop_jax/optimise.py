@@ -8,9 +8,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding, PartitionSpec
 
-from clipclop_jax import sharding, xla_options
+from clipclop_jax import xla_options
 from clipclop_jax.augment import AugmentConfig
 from clipclop_jax.config import PARAMETER_GROUPS, CollageConfig, OptimConfig
 from clipclop_jax.evolution import EvolutionConfig, evolve
@@ -88,51 +88,25 @@ def make_step(
     optim: OptimConfig,
     augment: AugmentConfig,
     regions: RegionConfig = NO_REGIONS,
-    mesh: Mesh | None = None,
 ):
     """``step(state, guidance) -> (state, losses [P])``: one gradient step of every collage.
 
-    With ``optim.population_loop == "map"`` each device loops over its own collages one at a
-    time (``shard_map`` over ``mesh``, then ``lax.map``), so every collage's arithmetic is
-    the same program whatever the device count and the run is bit-identical on 1 or 8
-    devices; "vmap" batches them instead. Not jitted: ``make_chunk`` loops it inside one
-    compiled program.
+    Not jitted: ``make_chunk`` scans it inside one compiled program.
     """
     collage_loss = make_collage_loss(config, perceptor, optim, augment, regions)
+    value_and_grad = jax.vmap(
+        jax.value_and_grad(collage_loss, has_aux=True), in_axes=(0, 0, 0, None)
+    )
     optimizer = make_optimizer(optim)
-
-    def step_one(params, patch_index, opt_state, key, guidance):
-        """One collage's gradient step: its loss (before the update), params and state."""
-        (loss, _), grads = jax.value_and_grad(collage_loss, has_aux=True)(
-            params, patch_index, key, guidance
-        )
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return clamp(optax.apply_updates(params, updates), config), opt_state, loss
-
-    if optim.population_loop == "vmap":
-        step_all = jax.vmap(step_one, in_axes=(0, 0, 0, 0, None))
-    else:
-
-        def step_all(params, patch_index, opt_state, keys, guidance):
-            return jax.lax.map(
-                lambda one: step_one(*one, guidance), (params, patch_index, opt_state, keys)
-            )
-
-        if mesh is not None:
-            split = PartitionSpec(sharding.AXIS)
-            step_all = jax.shard_map(
-                step_all,
-                mesh=mesh,
-                in_specs=(split, split, split, split, PartitionSpec()),
-                out_specs=split,
-            )
 
     def step(state: RunState, guidance: Guidance) -> tuple[RunState, jax.Array]:
         population = state.population
         keys = individual_keys(state.key, state.step, population_size(population))
-        params, opt_state, losses = step_all(
-            population.params, population.patch_index, state.opt_state, keys, guidance
+        (losses, _), grads = value_and_grad(
+            population.params, population.patch_index, keys, guidance
         )
+        updates, opt_state = jax.vmap(optimizer.update)(grads, state.opt_state, population.params)
+        params = clamp(jax.vmap(optax.apply_updates)(population.params, updates), config)
         # The losses score the parameters before this update: those are the ones to keep.
         fitness = jnp.where(jnp.isnan(losses), jnp.inf, losses)
         leader = jnp.argmin(fitness)
@@ -221,9 +195,9 @@ def make_chunk(
     multi-host run can read it).
     """
     length = optim.chunk_steps
+    step = make_step(config, perceptor, optim, augment, regions)
 
-    def chunk(state: RunState, guidance: Guidance, num_steps: jax.Array, *, mesh=None):
-        step = make_step(config, perceptor, optim, augment, regions, mesh)
+    def chunk(state: RunState, guidance: Guidance, num_steps: jax.Array):
         size = population_size(state.population)
 
         def body(i, carry):
@@ -252,9 +226,7 @@ def make_chunk(
                 jax.tree.unflatten(layout[0], shardings),
                 NamedSharding(mesh, PartitionSpec()),
             )
-            placed[layout] = xla_options.jit(
-                functools.partial(chunk, mesh=mesh), donate_argnums=0, out_shardings=out_shardings
-            )
+            placed[layout] = xla_options.jit(chunk, donate_argnums=0, out_shardings=out_shardings)
         return placed[layout](state, guidance, num_steps)
 
     return run

@@ -243,11 +243,20 @@ EVOLVE = GenerateConfig(
 
 
 @functools.cache
-def demo_resources() -> Resources:
-    """The demo CLIP and the shapes library, loaded once per session."""
+def demo_perceptor():
+    return load_perceptor("demo")
+
+
+@functools.cache
+def _resources(patches: str) -> Resources:
     cache = tempfile.mkdtemp(prefix="clipclop-test-library-")
-    library = load_library("shapes", lowres_size=32, highres_size=64, cache_dir=cache)
-    return Resources(load_perceptor("demo"), library)
+    library = load_library(patches, lowres_size=32, highres_size=64, cache_dir=cache)
+    return Resources(demo_perceptor(), library)
+
+
+def demo_resources(patches: str = "shapes") -> Resources:
+    """The demo CLIP and a built-in library, each loaded once per session."""
+    return _resources(patches)
 
 
 @contextlib.contextmanager
@@ -269,18 +278,22 @@ def chunk_compilations():
 
 
 @functools.cache
-def evolution_run(method: str, seed: int, num_devices: int | None = None):
-    """``generate(EVOLVE)`` with another method, seed or device count, once per session;
+def generate_once(config: GenerateConfig):
+    """``generate(config)`` on the demo CLIP and ``config.patches``, once per session;
     returns ``(result, chunk compilations it caused)``."""
-    config = dataclasses.replace(
-        EVOLVE,
-        seed=seed,
-        num_devices=num_devices,
-        evolution=dataclasses.replace(EVOLVE.evolution, method=method),
-    )
     with chunk_compilations() as compiled:
-        result = generate(config, resources=demo_resources())
+        result = generate(config, resources=demo_resources(config.patches))
     return result, list(compiled)
+
+
+def with_method(config: GenerateConfig, method: str, **changes) -> GenerateConfig:
+    evolution = dataclasses.replace(config.evolution, method=method)
+    return dataclasses.replace(config, evolution=evolution, **changes)
+
+
+def evolution_run(method: str, seed: int, num_devices: int | None = None):
+    """``EVOLVE`` with another method, seed or device count (``generate_once``)."""
+    return generate_once(with_method(EVOLVE, method, seed=seed, num_devices=num_devices))
 
 
 # The hybrid search, gradients and evolution together (``HYBRID``): the ``painted`` library
@@ -301,26 +314,9 @@ HYBRID = GenerateConfig(
 HYBRID_RUNS = [(p, s) for p in ("a red star", "a blue cross", "a green triangle") for s in (0, 1)]
 
 
-@functools.cache
-def painted_resources() -> Resources:
-    cache = tempfile.mkdtemp(prefix="clipclop-test-library-")
-    library = load_library("painted", lowres_size=32, highres_size=64, cache_dir=cache)
-    return Resources(demo_resources().perceptor, library)
-
-
-@functools.cache
 def hybrid_run(method: str, prompt: str, seed: int):
-    """``generate(HYBRID)`` with one method, prompt and seed, once per session; returns
-    ``(result, chunk compilations it caused)``."""
-    config = dataclasses.replace(
-        HYBRID,
-        prompt=prompt,
-        seed=seed,
-        evolution=dataclasses.replace(HYBRID.evolution, method=method),
-    )
-    with chunk_compilations() as compiled:
-        result = generate(config, resources=painted_resources())
-    return result, list(compiled)
+    """``HYBRID`` with one method, prompt and seed (``generate_once``)."""
+    return generate_once(with_method(HYBRID, method, prompt=prompt, seed=seed))
 
 
 def test_each_evolution_program_compiles_once_for_all_prompts_and_seeds():
@@ -347,7 +343,7 @@ def test_evolution_beats_the_same_gradient_run_without_it():
 def test_evolution_picks_cut_outs_of_the_prompted_colour():
     # How it wins: the winners of ES show more cut-outs in the prompt's colour than the best
     # of the same 8 collages optimised without evolution, which keep the cut-outs they drew.
-    library = painted_resources().library
+    library = demo_resources("painted").library
 
     def prompted_colour_count(method):
         count = 0

@@ -1,6 +1,7 @@
 """Time of one optimisation step, split into its stages, against the CLIP-only floor.
 
     python benchmarks/step.py [--models demo,vit-b32] [--populations 1,2,4] [--crops 1,2,4]
+        [--batchings per_collage,population]
 
 For each model, population P and crops K it times, each compiled on its own:
   render   forward+backward of P windowed renders (100 patches, 224x224);
@@ -8,7 +9,8 @@ For each model, population P and crops K it times, each compiled on its own:
   clip     forward+backward of CLIP's image tower on P*K images w.r.t. the pixels: the floor,
            what any CLIP-guided step must pay;
   update   the optax update and clamp of P collages;
-  step     the real compiled step (``optimise.make_chunk``), per step.
+  step     the real compiled step (``optimise.make_chunk``), per step, for each
+           ``OptimConfig.batching`` in --batchings (one collage at a time, or vmapped).
 and prints a Markdown table with step / clip, the overhead over the floor. "vit-b32" is a
 randomly initialised FlaxCLIPModel with ViT-B/32's architecture (no download needed).
 """
@@ -67,7 +69,7 @@ def timed(fun, *args, repeats: int):
     return best, compile_s
 
 
-def stage_times(perceptor, library, population, crops, repeats):
+def stage_times(perceptor, library, population, crops, repeats, batchings):
     config = CollageConfig()
     size = perceptor.image_size
     key = jax.random.key(0)
@@ -101,8 +103,7 @@ def stage_times(perceptor, library, population, crops, repeats):
 
     clip_s, _ = timed(jax.grad(clip_loss, argnums=1), perceptor.params, pixels, repeats=repeats)
 
-    optim = OptimConfig(num_crops=crops, chunk_steps=5)
-    optimizer = make_optimizer(optim)
+    optimizer = make_optimizer(OptimConfig())
     opt_state = jax.vmap(optimizer.init)(collages.params)
     grads = jax.tree.map(jnp.ones_like, collages.params)
 
@@ -119,7 +120,26 @@ def stage_times(perceptor, library, population, crops, repeats):
         library=library,
         background=background,
     )
+    times = dict(render=render_s, augment=augment_s, clip=clip_s, update=update_s)
+    for batching in batchings:
+        times[batching] = chunk_time(
+            perceptor,
+            config,
+            OptimConfig(num_crops=crops, chunk_steps=5, batching=batching),
+            collages,
+            guidance,
+            repeats,
+        )
+    return times
+
+
+def chunk_time(perceptor, config, optim, collages, guidance, repeats):
+    """(seconds per step, first call's seconds) of the real compiled chunk on one device."""
+    optimizer = make_optimizer(optim)
     chunk = make_chunk(config, perceptor, optim, AugmentConfig())
+    key = jax.random.key(0)
+    # The chunk donates its state: give it a copy of the collages the next batching reuses.
+    collages = jax.tree.map(jnp.copy, collages)
     state, guidance = place(init_state(key, collages, optimizer), guidance, population_mesh(1))
     steps = jnp.asarray(optim.chunk_steps, jnp.int32)
     start = time.perf_counter()
@@ -132,14 +152,7 @@ def stage_times(perceptor, library, population, crops, repeats):
         state, losses = chunk(state, guidance, steps)
         jax.block_until_ready(losses)
         best = min(best, (time.perf_counter() - start) / optim.chunk_steps)
-    return dict(
-        render=render_s,
-        augment=augment_s,
-        clip=clip_s,
-        update=update_s,
-        step=best,
-        compile=compile_s,
-    )
+    return best, compile_s
 
 
 def main():
@@ -148,6 +161,9 @@ def main():
     parser.add_argument("--populations", default="1,2,4")
     parser.add_argument("--crops", default="1,2,4")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--batchings", default="per_collage,population", help="OptimConfig.batching values"
+    )
     args = parser.parse_args()
 
     library = jax.tree.map(jnp.asarray, load_library("shapes").low)
@@ -155,20 +171,23 @@ def main():
     print()
     print(
         "| model | P | K | render f+b (s) | augment f+b (s) | CLIP f+b (s) | update (s) "
-        "| step (s) | step / CLIP | step compile (s) |"
+        "| batching | step (s) | step / CLIP | step compile (s) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    batchings = args.batchings.split(",")
     for model in args.models.split(","):
         perceptor = vit_b32_perceptor() if model == "vit-b32" else load_perceptor(model)
         for population in map(int, args.populations.split(",")):
             for crops in map(int, args.crops.split(",")):
-                t = stage_times(perceptor, library, population, crops, args.repeats)
-                print(
-                    f"| {model} | {population} | {crops} | {t['render']:.3f} "
-                    f"| {t['augment']:.4f} | {t['clip']:.4f} | {t['update']:.4f} "
-                    f"| {t['step']:.3f} | {t['step'] / t['clip']:.2f} | {t['compile']:.1f} |",
-                    flush=True,
-                )
+                t = stage_times(perceptor, library, population, crops, args.repeats, batchings)
+                for batching in batchings:
+                    step, compile_s = t[batching]
+                    print(
+                        f"| {model} | {population} | {crops} | {t['render']:.3f} "
+                        f"| {t['augment']:.4f} | {t['clip']:.4f} | {t['update']:.4f} "
+                        f"| {batching} | {step:.3f} | {step / t['clip']:.2f} | {compile_s:.1f} |",
+                        flush=True,
+                    )
 
 
 if __name__ == "__main__":

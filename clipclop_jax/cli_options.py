@@ -38,6 +38,7 @@ CONFIG_OPTIONS = {
     "use_augmentations": ("optim.use_augmentations",),
     "initial_search": ("optim.initial_search_size",),
     "chunk_steps": ("optim.chunk_steps",),
+    "batching": ("optim.batching",),
     "evolution": ("evolution.method",),
     "evolution_frequency": ("evolution.frequency",),
     "num_devices": ("num_devices",),
@@ -161,6 +162,12 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
     )
     gen.add_argument(
         "--chunk-steps", type=int, help="steps per compiled chunk (progress interval; default 10)"
+    )
+    gen.add_argument(
+        "--batching",
+        choices=("auto", "per_collage", "population"),
+        help="each device's collages one at a time (same result on any device count) or in "
+        "one batch (faster on GPU/TPU); default auto: per_collage on CPU (docs/devices.md)",
     )
     gen.add_argument(
         "--evolution",

@@ -163,6 +163,7 @@ def _dataclass_named(owner: type, annotation: Any) -> type | None:
 
 
 OPTIMIZERS = ("adam", "sgd")
+BATCHINGS = ("auto", "per_collage", "population")
 PARAMETER_GROUPS = ("translation", "rotation", "scale", "squeeze", "shear", "colour", "order")
 
 
@@ -184,6 +185,13 @@ class OptimConfig:
       initial_search_size: random collages drawn per individual before optimising, the best
         kept (original: 1, no search).
       chunk_steps: steps compiled into one program between host round trips.
+      batching: how each device runs its collages' gradient steps. "per_collage": one
+        collage after another, compiled so that a seed gives the same result, bit for bit,
+        on any device count (docs/devices.md); "population": all of a device's collages in
+        one batch, faster where bigger matrix products pay (GPU, TPU; on CPU up to 2x with
+        several collages per device, benchmarks/README.md), but the last bits then depend on
+        how many collages share a device; "auto" (default): per_collage on CPU, population
+        on GPU and TPU.
     """
 
     optimizer: str = "adam"
@@ -201,9 +209,11 @@ class OptimConfig:
     use_augmentations: bool = True
     initial_search_size: int = 1
     chunk_steps: int = 10
+    batching: str = "auto"
 
     def __post_init__(self):
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("batching", self.batching, BATCHINGS)
         _check_range("steps", self.steps, 0, 10_000_000)
         _check_range("learning_rate", self.learning_rate, 0.0, 1000.0)
         for group in PARAMETER_GROUPS:

@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from clipclop_jax import xla_options
 from clipclop_jax.augment import AugmentConfig
@@ -88,25 +88,34 @@ def make_step(
     optim: OptimConfig,
     augment: AugmentConfig,
     regions: RegionConfig = NO_REGIONS,
+    mesh: Mesh | None = None,
 ):
     """``step(state, guidance) -> (state, losses [P])``: one gradient step of every collage.
 
-    Not jitted: ``make_chunk`` scans it inside one compiled program.
+    Each collage's loss, gradient, optax update and clamp, either one collage after another on
+    each device of ``mesh`` or vmapped over the population (``optim.batching``). Not jitted:
+    ``make_chunk`` loops it inside one compiled program.
     """
     collage_loss = make_collage_loss(config, perceptor, optim, augment, regions)
-    value_and_grad = jax.vmap(
-        jax.value_and_grad(collage_loss, has_aux=True), in_axes=(0, 0, 0, None)
-    )
+    value_and_grad = jax.value_and_grad(collage_loss, has_aux=True)
     optimizer = make_optimizer(optim)
+
+    def update_one(params, patch_index, key, opt_state, guidance):
+        (loss, _), grads = value_and_grad(params, patch_index, key, guidance)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return loss, clamp(optax.apply_updates(params, updates), config), opt_state
+
+    if per_collage(optim):
+        update_all = one_collage_at_a_time(update_one, mesh)
+    else:
+        update_all = jax.vmap(update_one, in_axes=(0, 0, 0, 0, None))
 
     def step(state: RunState, guidance: Guidance) -> tuple[RunState, jax.Array]:
         population = state.population
         keys = individual_keys(state.key, state.step, population_size(population))
-        (losses, _), grads = value_and_grad(
-            population.params, population.patch_index, keys, guidance
+        losses, params, opt_state = update_all(
+            population.params, population.patch_index, keys, state.opt_state, guidance
         )
-        updates, opt_state = jax.vmap(optimizer.update)(grads, state.opt_state, population.params)
-        params = clamp(jax.vmap(optax.apply_updates)(population.params, updates), config)
         # The losses score the parameters before this update: those are the ones to keep.
         fitness = jnp.where(jnp.isnan(losses), jnp.inf, losses)
         leader = jnp.argmin(fitness)
@@ -126,6 +135,59 @@ def make_step(
         return new_state, fitness
 
     return step
+
+
+def per_collage(optim: OptimConfig) -> bool:
+    """Whether steps run one collage at a time (``optim.batching``, "auto" resolved)."""
+    if optim.batching == "auto":
+        return jax.default_backend() == "cpu"
+    return optim.batching == "per_collage"
+
+
+def one_collage_at_a_time(update_one, mesh: Mesh | None):
+    """``update_one`` over the leading [P] axis of its first four arguments, one collage
+    after another on each device (the fifth, the guidance, is shared).
+
+    Why not ``vmap``: XLA compiles a batch of 8 collages differently from a batch of 1 (other
+    matrix-product kernels, other fusions), so the last bits of a collage's gradient would
+    depend on how many collages share its device. A loop whose trip count XLA cannot see
+    compiles one collage's arithmetic, the same whatever the device count, once the program
+    is also compiled with ``xla_options``' device-count-invariant options (docs/devices.md).
+    """
+
+    def loop(params, patch_index, keys, opt_state, guidance):
+        inputs = (params, patch_index, keys, opt_state)
+        size = jax.tree.leaves(inputs)[0].shape[0]
+        first = jax.tree.map(lambda x: x[0], inputs)
+        shapes = jax.eval_shape(lambda one: update_one(*one, guidance), first)
+        outputs = jax.tree.map(lambda s: jnp.zeros((size, *s.shape), s.dtype), shapes)
+
+        def body(i, outputs):
+            one = jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, i, keepdims=False), inputs)
+            result = update_one(*one, guidance)
+            return jax.tree.map(
+                lambda out, value: jax.lax.dynamic_update_index_in_dim(out, value, i, 0),
+                outputs,
+                result,
+            )
+
+        # Hidden from XLA, so a loop of one collage is not unrolled into a different program.
+        count = jax.lax.optimization_barrier(jnp.int32(size))
+        return jax.lax.fori_loop(0, count, body, outputs)
+
+    if mesh is None or mesh.devices.size == 1:
+        return loop
+    split = PartitionSpec(mesh.axis_names[0])
+
+    # Every leaf of the population, keys and optimiser state has the [P] axis
+    # (``init_state`` vmaps the optimiser's init); the guidance is on every device.
+    return jax.shard_map(
+        loop,
+        mesh=mesh,
+        in_specs=(split, split, split, split, PartitionSpec()),
+        out_specs=split,
+        check_vma=False,
+    )
 
 
 # Evolution draws its randomness from its own stream of the run key.
@@ -192,29 +254,38 @@ def make_chunk(
     When the state is placed on a mesh (``sharding.shard_run_state``), the program is
     compiled for that placement: the returned state keeps exactly the input's shardings (so
     the next call reuses the program) and ``losses`` comes back replicated (so every host of a
-    multi-host run can read it).
+    multi-host run can read it). With per-collage batching (``optim.batching``) each device
+    loops over its own collages (``one_collage_at_a_time``) and the program is compiled with
+    ``xla_options``' device-count-invariant options.
     """
     length = optim.chunk_steps
-    step = make_step(config, perceptor, optim, augment, regions)
 
-    def chunk(state: RunState, guidance: Guidance, num_steps: jax.Array):
-        size = population_size(state.population)
+    def make_program(mesh):
+        step = make_step(config, perceptor, optim, augment, regions, mesh)
 
-        def body(i, carry):
-            state, history = carry
-            state, losses = step(state, guidance)
-            if after_step is not None:
-                state = after_step(state)
-            return state, history.at[i].set(losses)
+        def chunk(state: RunState, guidance: Guidance, num_steps: jax.Array):
+            size = population_size(state.population)
 
-        history = jnp.full((length, size), jnp.nan, jnp.float32)
-        count = jnp.minimum(num_steps, length)
-        return jax.lax.fori_loop(0, count, body, (state, history))
+            def body(i, carry):
+                state, history = carry
+                state, losses = step(state, guidance)
+                if after_step is not None:
+                    state = after_step(state)
+                return state, history.at[i].set(losses)
 
-    unplaced = xla_options.jit(chunk, donate_argnums=0)
+            history = jnp.full((length, size), jnp.nan, jnp.float32)
+            count = jnp.minimum(num_steps, length)
+            return jax.lax.fori_loop(0, count, body, (state, history))
+
+        return chunk
+
+    jit = functools.partial(xla_options.jit, device_count_invariant=per_collage(optim))
+
+    whole = make_program(None)
+    unplaced = jit(whole, donate_argnums=0)
     placed = {}  # input shardings -> program that keeps them
 
-    @functools.wraps(chunk)
+    @functools.wraps(whole)
     def run(state: RunState, guidance: Guidance, num_steps):
         shardings = [getattr(leaf, "sharding", None) for leaf in jax.tree.leaves(state)]
         if not all(isinstance(s, NamedSharding) for s in shardings):
@@ -226,7 +297,7 @@ def make_chunk(
                 jax.tree.unflatten(layout[0], shardings),
                 NamedSharding(mesh, PartitionSpec()),
             )
-            placed[layout] = xla_options.jit(chunk, donate_argnums=0, out_shardings=out_shardings)
+            placed[layout] = jit(make_program(mesh), donate_argnums=0, out_shardings=out_shardings)
         return placed[layout](state, guidance, num_steps)
 
     return run

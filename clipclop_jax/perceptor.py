@@ -29,6 +29,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import flax.linen
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -196,7 +197,8 @@ class Perceptor:
         mean = jnp.asarray(self.mean, jnp.float32).reshape(1, 1, 1, 3)
         std = jnp.asarray(self.std, jnp.float32).reshape(1, 1, 1, 3)
         pixels = (images - mean) / std
-        features = self.module.apply({"params": params}, pixels, method=_image_method)
+        with flax.linen.intercept_methods(_patch_conv_as_matmul):
+            features = self.module.apply({"params": params}, pixels, method=_image_method)
         return _normalise(features.astype(jnp.float32))
 
 
@@ -205,6 +207,39 @@ def _image_method(module: Any, pixels: jax.Array) -> jax.Array:
     # NCHW and transpose back.
     pooled = module.vision_model(pixel_values=pixels, deterministic=True)[1]
     return module.visual_projection(pooled)
+
+
+def _patch_conv_as_matmul(next_fun, args, kwargs, context):
+    """Runs the vision tower's patch embedding (a convolution whose stride is its kernel,
+    no padding) as the matrix product it is: patches of the image times the kernel.
+
+    Why: XLA:CPU splits a convolution's sums by its intra-op thread count, which depends on
+    how many devices the process has (1 or 8 simulated CPU devices give different bits);
+    its matrix products do not, so the same seed gives the same collage in any process
+    (docs/devices.md). The product is also what the convolution computes on accelerators.
+    """
+    module = context.module
+    if not (
+        isinstance(module, flax.linen.Conv)
+        and context.method_name == "__call__"
+        and tuple(module.strides or ()) == tuple(module.kernel_size)
+        and module.padding == "VALID"
+        and module.feature_group_count == 1
+        and len(module.kernel_size) == 2
+        and not kwargs
+        and args[0].ndim == 4
+    ):
+        return next_fun(*args, **kwargs)
+    x = args[0]
+    (p, q), (batch, height, width, channels) = module.kernel_size, x.shape
+    rows, cols = height // p, width // q
+    patches = x[:, : rows * p, : cols * q].reshape(batch, rows, p, cols, q, channels)
+    patches = patches.transpose(0, 1, 3, 2, 4, 5).reshape(batch, rows, cols, p * q * channels)
+    params = module.variables["params"]
+    out = patches @ params["kernel"].reshape(p * q * channels, -1).astype(x.dtype)
+    if module.use_bias:
+        out = out + params["bias"]
+    return out
 
 
 def _text_method(module: Any, ids: jax.Array, mask: jax.Array) -> jax.Array:

@@ -18,6 +18,10 @@ _CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 # devices. Programs that must give the same bits on any device count compile without it
 # (docs/devices.md; benchmarks/README.md has the cost).
 _DEVICE_COUNT_INVARIANT_OPTIONS = {"xla_disable_hlo_passes": "algsimp"}
+# XLA:CPU's own matrix products split their sums by the intra-op thread count, which
+# depends on how many devices the process has; YNNPACK's do not. So those programs hand
+# every standalone matrix product to YNNPACK (still none of the element-wise fusions).
+_CPU_DEVICE_COUNT_INVARIANT_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "individual_dot"}
 
 
 @functools.cache
@@ -33,6 +37,8 @@ def compiler_options(device_count_invariant: bool = False) -> dict[str, str]:
     wanted = dict(_DEVICE_COUNT_INVARIANT_OPTIONS) if device_count_invariant else {}
     if jax.default_backend() == "cpu":
         wanted.update(_CPU_OPTIONS)
+        if device_count_invariant:
+            wanted.update(_CPU_DEVICE_COUNT_INVARIANT_OPTIONS)
     return {key: value for key, value in wanted.items() if _accepted(key, value)}
 
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
+import pathlib
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -98,6 +102,8 @@ def test_eight_devices_give_the_one_device_run():
 # Gradients, evolution and random crops together, short: every step's loss, gradient and
 # Adam update of every collage, and every generation, must come out the same on any
 # device count.
+TESTS = pathlib.Path(__file__).parent
+
 HYBRID_CROPS = with_method(
     HYBRID,
     "es",
@@ -135,3 +141,40 @@ def test_population_batching_scores_the_same_collages_to_rounding():
     batched, looped = hybrid_crops_run(8, "population"), hybrid_crops_run(8)
     np.testing.assert_allclose(batched.history[0], looped.history[0], rtol=0, atol=1e-5)
     assert batched.loss < np.min(batched.history[0]) - 0.01
+
+
+ONE_DEVICE_PROCESS = """
+import sys
+import jax
+
+jax.config.update("jax_num_cpu_devices", 1)
+import numpy as np
+from test_evolution import demo_resources
+from test_sharding import HYBRID_CROPS
+
+from clipclop_jax import generate
+
+result = generate(HYBRID_CROPS, resources=demo_resources(HYBRID_CROPS.patches))
+np.savez(sys.argv[1], history=result.history, image=result.image, *result.collage.params)
+"""
+
+
+def test_a_process_with_one_device_gives_the_eight_device_run(tmp_path):
+    # Not only the mesh: the process's device count sets XLA:CPU's threads per device,
+    # and the run must not depend on that either (docs/devices.md).
+    out = tmp_path / "one.npz"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), *sys.path]))
+    env.pop("XLA_FLAGS", None)
+    done = subprocess.run(
+        [sys.executable, "-c", ONE_DEVICE_PROCESS, str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, eight = np.load(out), hybrid_crops_run(8)
+    np.testing.assert_array_equal(one["history"], eight.history)
+    np.testing.assert_array_equal(one["image"], eight.image)
+    for i, field in enumerate(eight.collage.params):
+        np.testing.assert_array_equal(one[f"arr_{i}"], field)

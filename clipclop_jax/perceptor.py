@@ -213,10 +213,11 @@ def _patch_conv_as_matmul(next_fun, args, kwargs, context):
     """Runs the vision tower's patch embedding (a convolution whose stride is its kernel,
     no padding) as the matrix product it is: patches of the image times the kernel.
 
-    Why: XLA:CPU splits a convolution's sums by its intra-op thread count, which depends on
-    how many devices the process has (1 or 8 simulated CPU devices give different bits);
-    its matrix products do not, so the same seed gives the same collage in any process
-    (docs/devices.md). The product is also what the convolution computes on accelerators.
+    Why: XLA:CPU's convolution may split its sums across the device's intra-op threads,
+    and gave other bits in processes with 1 and with 8 simulated devices; with the matrix
+    product (and ``xla_options``' device-count-invariant options) the same seed gives the
+    same collage in any process (docs/devices.md). It is the same arithmetic up to
+    rounding.
     """
     module = context.module
     if not (
@@ -238,7 +239,7 @@ def _patch_conv_as_matmul(next_fun, args, kwargs, context):
     params = module.variables["params"]
     out = patches @ params["kernel"].reshape(p * q * channels, -1).astype(x.dtype)
     if module.use_bias:
-        out = out + params["bias"]
+        out = out + params["bias"].reshape(1, 1, 1, -1)
     return out
 
 

@@ -18,9 +18,10 @@ _CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 # devices. Programs that must give the same bits on any device count compile without it
 # (docs/devices.md; benchmarks/README.md has the cost).
 _DEVICE_COUNT_INVARIANT_OPTIONS = {"xla_disable_hlo_passes": "algsimp"}
-# XLA:CPU's own matrix products split their sums by the intra-op thread count, which
-# depends on how many devices the process has; YNNPACK's do not. So those programs hand
-# every standalone matrix product to YNNPACK (still none of the element-wise fusions).
+# XLA:CPU's own matrix products may split a sum across the device's intra-op threads, and
+# did so differently in processes with 1 and with 8 simulated devices; YNNPACK's gave the
+# same bits in both. So those programs hand every standalone matrix product to YNNPACK
+# (still none of the element-wise fusions).
 _CPU_DEVICE_COUNT_INVARIANT_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "individual_dot"}
 
 

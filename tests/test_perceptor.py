@@ -6,12 +6,19 @@ import os
 import subprocess
 import sys
 
+import flax.linen
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from clipclop_jax.perceptor import Perceptor, PerceptorError, PromptError, load_perceptor
+from clipclop_jax.perceptor import (
+    Perceptor,
+    PerceptorError,
+    PromptError,
+    _patch_conv_as_matmul,
+    load_perceptor,
+)
 
 
 @pytest.fixture(scope="session")
@@ -156,3 +163,32 @@ def test_matches_pytorch_clip_on_the_same_weights(demo, embed_jit, tmp_path):
     np.testing.assert_allclose(
         demo.embed_text(["a red circle", "something blue"]), normalise(text_ref), atol=1e-4
     )
+
+
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_patch_convolution_runs_as_a_matrix_product(use_bias):
+    # A convolution whose stride is its kernel, as CLIP's patch embedding: the interceptor
+    # computes it as patches x kernel (docs/devices.md says why); other convolutions pass.
+    x = jax.random.normal(jax.random.key(0), (2, 13, 17, 3))  # remainders VALID drops
+    patchify = flax.linen.Conv(5, (4, 4), strides=(4, 4), padding="VALID", use_bias=use_bias)
+    variables = patchify.init(jax.random.key(1), x)
+    if use_bias:
+        variables = jax.tree.map(lambda v: v + 0.5, variables)
+
+    def intercepted(module, x):
+        with flax.linen.intercept_methods(_patch_conv_as_matmul):
+            return module.apply(variables, x)
+
+    expected = patchify.apply(variables, x)
+    got = intercepted(patchify, x)
+    assert got.shape == expected.shape == (2, 3, 4, 5)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    assert "conv_general_dilated" not in str(jax.make_jaxpr(lambda x: intercepted(patchify, x))(x))
+    sliding = flax.linen.Conv(5, (4, 4), strides=(1, 1), padding="VALID", use_bias=use_bias)
+    assert "conv_general_dilated" in str(jax.make_jaxpr(lambda x: intercepted(sliding, x))(x))
+
+
+def test_embed_images_has_no_convolution(demo, images):
+    jaxpr = jax.make_jaxpr(lambda x: demo.embed_images(demo.params, x))(images)
+    assert "conv_general_dilated" not in str(jaxpr)
+    assert "dot_general" in str(jaxpr)

@@ -188,10 +188,10 @@ class OptimConfig:
       batching: how each device runs its collages' gradient steps. "per_collage": one
         collage after another, compiled so that a seed gives the same result, bit for bit,
         on any device count (docs/devices.md); "population": all of a device's collages in
-        one batch, faster where bigger matrix products pay (GPU, TPU; on CPU up to 2x with
-        several collages per device, benchmarks/README.md), but the last bits then depend on
-        how many collages share a device; "auto" (default): per_collage on CPU, population
-        on GPU and TPU.
+        one batch, faster where bigger matrix products pay (GPU, TPU; on CPU 0-35% with
+        ViT-B/32 and several collages per device, benchmarks/README.md), but the last bits
+        then depend on how many collages share a device; "auto" (default): per_collage on
+        CPU, population on GPU and TPU.
     """
 
     optimizer: str = "adam"

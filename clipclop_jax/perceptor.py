@@ -220,13 +220,18 @@ def _patch_conv_as_matmul(next_fun, args, kwargs, context):
     rounding.
     """
     module = context.module
+
+    def pair(value):
+        return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+
     if not (
         isinstance(module, flax.linen.Conv)
         and context.method_name == "__call__"
-        and tuple(module.strides or ()) == tuple(module.kernel_size)
+        and len(module.kernel_size) == 2
+        and pair(module.strides) == tuple(module.kernel_size)
+        and pair(module.kernel_dilation or 1) == pair(module.input_dilation or 1) == (1, 1)
         and module.padding == "VALID"
         and module.feature_group_count == 1
-        and len(module.kernel_size) == 2
         and not kwargs
         and args[0].ndim == 4
     ):

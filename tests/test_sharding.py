@@ -26,6 +26,8 @@ from clipclop_jax.sharding import (
     population_mesh,
 )
 
+TESTS = pathlib.Path(__file__).parent
+
 
 def test_the_suite_sees_eight_devices():
     assert len(jax.devices()) == 8
@@ -102,8 +104,6 @@ def test_eight_devices_give_the_one_device_run():
 # Gradients, evolution and random crops together, short: every step's loss, gradient and
 # Adam update of every collage, and every generation, must come out the same on any
 # device count.
-TESTS = pathlib.Path(__file__).parent
-
 HYBRID_CROPS = with_method(
     HYBRID,
     "es",
@@ -155,13 +155,19 @@ from test_sharding import HYBRID_CROPS
 from clipclop_jax import generate
 
 result = generate(HYBRID_CROPS, resources=demo_resources(HYBRID_CROPS.patches))
-np.savez(sys.argv[1], history=result.history, image=result.image, *result.collage.params)
+np.savez(
+    sys.argv[1],
+    *result.collage.params,
+    history=result.history,
+    image=result.image,
+    patch_index=result.collage.patch_index,
+)
 """
 
 
 def test_a_process_with_one_device_gives_the_eight_device_run(tmp_path):
-    # Not only the mesh: the process's device count sets XLA:CPU's threads per device,
-    # and the run must not depend on that either (docs/devices.md).
+    # Not only the mesh: the process's device count changes how XLA:CPU runs some of its
+    # kernels, and the run must not depend on that either (docs/devices.md).
     out = tmp_path / "one.npz"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), *sys.path]))
     env.pop("XLA_FLAGS", None)
@@ -176,5 +182,6 @@ def test_a_process_with_one_device_gives_the_eight_device_run(tmp_path):
     one, eight = np.load(out), hybrid_crops_run(8)
     np.testing.assert_array_equal(one["history"], eight.history)
     np.testing.assert_array_equal(one["image"], eight.image)
+    np.testing.assert_array_equal(one["patch_index"], eight.collage.patch_index)
     for i, field in enumerate(eight.collage.params):
         np.testing.assert_array_equal(one[f"arr_{i}"], field)

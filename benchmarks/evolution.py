@@ -31,22 +31,27 @@ from clipclop_jax import (  # noqa: E402
     generate,
     load_library,
     load_perceptor,
-    xla_options,  # noqa: E402
+    xla_options,
 )
 from clipclop_jax.api import _prepare  # noqa: E402
 from clipclop_jax.objective import make_collage_loss  # noqa: E402
 
 
-def plain_loss(config: GenerateConfig, resources: Resources, collage) -> float:
-    """The collage's loss on its plain render, as the run computes it minus the crops."""
-    guidance = _prepare(config, resources).guidance
+def plain_scorer(config: GenerateConfig, resources: Resources):
+    """``score(config, collage) -> float``: a collage's loss on its plain render, as the run
+    computes it minus the crops. Compiled once for every run of ``config``'s shapes."""
     optim = dataclasses.replace(config.optim, use_augmentations=False)
-    loss = make_collage_loss(config.collage, resources.perceptor, optim, config.augment)
-    collage = jax.device_get(collage)
-    value, _ = xla_options.jit(loss)(
-        collage.params, collage.patch_index, jax.random.key(0), guidance
+    loss = xla_options.jit(
+        make_collage_loss(config.collage, resources.perceptor, optim, config.augment)
     )
-    return float(value)
+
+    def score(run_config: GenerateConfig, collage) -> float:
+        guidance = _prepare(run_config, resources).guidance
+        collage = jax.device_get(collage)
+        value, _ = loss(collage.params, collage.patch_index, jax.random.key(0), guidance)
+        return float(value)
+
+    return score
 
 
 def main() -> None:
@@ -88,6 +93,7 @@ def main() -> None:
         ),
         evolution=EvolutionConfig(frequency=args.frequency),
     )
+    plain_loss = plain_scorer(base, resources)
     print("| prompt | seed | " + " | ".join(methods) + " |")
     print("|---|---|" + "---|" * len(methods))
     scores = {m: [] for m in methods}
@@ -102,7 +108,7 @@ def main() -> None:
                     evolution=dataclasses.replace(base.evolution, method=method),
                 )
                 result = generate(config, resources=resources)
-                score = plain_loss(config, resources, result.collage)
+                score = plain_loss(config, result.collage)
                 scores[method].append(score)
                 shown = "+".join(
                     library.names[i].split("/")[-1] for i in result.collage.patch_index

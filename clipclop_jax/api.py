@@ -6,7 +6,9 @@ import dataclasses
 import functools
 import json
 import os
+import shlex
 import time
+import zipfile
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -14,9 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from clipclop_jax import checkpoint, io, sharding, video, xla_options
+from clipclop_jax import checkpoint, io, safe_npy, sharding, video, xla_options
 from clipclop_jax.augment import AugmentConfig
-from clipclop_jax.background import make_background
+from clipclop_jax.background import make_background, parse_colour
 from clipclop_jax.blend import BLEND_MODES, blend_collage
 from clipclop_jax.config import (
     CollageConfig,
@@ -30,7 +32,7 @@ from clipclop_jax.config_files import PNG_CONFIG_KEY
 from clipclop_jax.evolution import EvolutionConfig
 from clipclop_jax.hires import render_high_res
 from clipclop_jax.interrupt import RunInterrupted
-from clipclop_jax.library import Library, PatchLibrary, load_library
+from clipclop_jax.library import BUILTIN, Library, LibraryError, PatchLibrary, load_library
 from clipclop_jax.objective import (
     DEFAULT_REGION_WEIGHT,
     NO_REGIONS,
@@ -47,7 +49,7 @@ from clipclop_jax.optimise import (
 )
 from clipclop_jax.params import Collage, CollageParams, random_population, stack, take
 from clipclop_jax.patch_sources import load_library_subset
-from clipclop_jax.perceptor import Perceptor, load_perceptor
+from clipclop_jax.perceptor import DEMO, Perceptor, load_perceptor
 from clipclop_jax.prompts import format_prompts, parse_grid, parse_prompts
 from clipclop_jax.tiles import TileGrid
 from clipclop_jax.version import __version__
@@ -232,27 +234,67 @@ class Resources:
 
 
 def load_resources(config: GenerateConfig) -> Resources:
-    """The run's CLIP model and patch library.
+    """The run's CLIP model and patch library (``load_patch_library``)."""
+    return Resources(load_perceptor(config.model), load_patch_library(config))
+
+
+def load_patch_library(config: GenerateConfig) -> Library:
+    """The run's patch library.
 
     A library ``.npz`` is read one square at a time (``patch_sources.load_library_subset``),
     and with ``max_library_patches`` only a seeded random subset of it, so a library of
     thousands of patches never sits whole in memory.
     """
-    perceptor = load_perceptor(config.model)
     sizes = dict(lowres_size=config.lowres_size, highres_size=config.highres_size)
     if str(config.patches).lower().endswith(".npz"):
-        library = load_library_subset(
+        return load_library_subset(
             config.patches, max_patches=config.max_library_patches, seed=config.seed, **sizes
         )
-    else:
-        library = load_library(config.patches, **sizes)
-        if config.max_library_patches is not None:
-            count = min(config.max_library_patches, library.num_patches)
-            chosen = np.random.default_rng(config.seed).choice(
-                library.num_patches, count, replace=False
-            )
-            library = library.subset(np.sort(chosen))
-    return Resources(perceptor, library)
+    library = load_library(config.patches, **sizes)
+    if config.max_library_patches is not None:
+        count = min(config.max_library_patches, library.num_patches)
+        chosen = np.random.default_rng(config.seed).choice(
+            library.num_patches, count, replace=False
+        )
+        library = library.subset(np.sort(chosen))
+    return library
+
+
+def with_absolute_paths(config: GenerateConfig) -> GenerateConfig:
+    """``config`` with the patch library, model folder and background image that are files or
+    folders here given as absolute paths, so the config a run saves loads from any working
+    directory. Built-in libraries ("shapes"), "demo", hub names and colours stay as they are."""
+    changes = {}
+    patches = os.path.expanduser(config.patches)
+    if config.patches not in BUILTIN and os.path.exists(patches):
+        changes["patches"] = os.path.abspath(patches)
+    if config.model != DEMO and os.path.isdir(config.model):
+        changes["model"] = os.path.abspath(config.model)
+    background = config.background
+    is_image = parse_colour(background) is None and background.strip().lower() != "noise"
+    if is_image and os.path.isfile(background):
+        changes["background"] = os.path.abspath(background)
+    return dataclasses.replace(config, **changes) if changes else config
+
+
+def _relinked(config: GenerateConfig, **moved) -> GenerateConfig:
+    """The saved ``config`` with the library or model at the places given (None: as saved)."""
+    moved = {key: os.fspath(value) for key, value in moved.items() if value is not None}
+    return with_absolute_paths(dataclasses.replace(config, **moved)) if moved else config
+
+
+def _moved_hint(error: ValueError, out_dir: str, command: str, **given) -> ValueError:
+    """``error`` (the saved library or model failed to load) with how to point the run at
+    their new place, unless the caller already gave one."""
+    option = "patches" if isinstance(error, LibraryError) else "model"
+    if option not in given or given[option] is not None:
+        return error
+    message = str(error).strip().splitlines()[0].rstrip(".")
+    what = "patch library" if option == "patches" else "CLIP model"
+    return ValueError(
+        f"{message}. If the run's {what} moved, give its new place: clipclop {command} "
+        f"{shlex.quote(out_dir)} --{option} PATH ({command}(..., {option}=PATH))."
+    )
 
 
 def generate(
@@ -295,6 +337,7 @@ def generate(
     """
     if config.tiles is not None:
         raise ValueError("config.tiles is set: make tiled collages with tiled.generate_tiled.")
+    config = with_absolute_paths(config)
     if out_dir is not None:
         out_dir = os.fspath(out_dir)
         video.check_video_support(gif=config.output.gif, mp4=config.output.mp4)
@@ -314,6 +357,8 @@ def generate(
 def resume(
     out_dir: str | os.PathLike,
     *,
+    patches: str | os.PathLike | None = None,
+    model: str | os.PathLike | None = None,
     progress_fn: ProgressFn | None = None,
     resources: Resources | None = None,
     should_stop: Callable[[], bool] | None = None,
@@ -326,19 +371,28 @@ def resume(
 
     Args:
       out_dir: a folder ``generate`` wrote with checkpoints.
+      patches: where the run's patch library is now, if it moved (default: where the saved
+        config says). Accepted only if it is the same library (fingerprint checked); the
+        new place is saved with the run's next checkpoint.
+      model: likewise for a CLIP model folder that moved.
       progress_fn, resources, should_stop: as for ``generate``.
 
     Raises:
-      ValueError: no readable checkpoint, or ``resources`` (or what the saved config loads
-        now) has another patch library or CLIP model than the run started with.
+      ValueError: no readable checkpoint, the saved library or model cannot be loaded (the
+        message says how to give their new place), or ``resources`` (or what the config
+        loads now) has another patch library or CLIP model than the run started with.
       RunInterrupted: ``should_stop`` asked to stop again.
     """
     out_dir = os.fspath(out_dir)
     saved = checkpoint.load_latest(out_dir)
-    config = GenerateConfig.from_dict(saved.config)
+    config = _relinked(GenerateConfig.from_dict(saved.config), patches=patches, model=model)
     video.check_video_support(gif=config.output.gif, mp4=config.output.mp4)
     checkpoint.check_output_folder(out_dir, needed_bytes=estimate_output_bytes(config))
-    resources = resources or load_resources(config)
+    if resources is None:
+        try:
+            resources = load_resources(config)
+        except ValueError as error:
+            raise _moved_hint(error, out_dir, "resume", patches=patches, model=model) from None
     checkpoint.check_fingerprints(
         saved,
         library_fingerprint=resources.library.fingerprint,
@@ -489,11 +543,18 @@ def final_image(
     return np.asarray(image)
 
 
-def blend_run(out_dir: str | os.PathLike, mode: str = "poisson", *, resources=None) -> str:
+def blend_run(
+    out_dir: str | os.PathLike,
+    mode: str = "poisson",
+    *,
+    patches: str | os.PathLike | None = None,
+    resources=None,
+) -> str:
     """Blends a finished run's best collage (``params.npz``) again, with ``mode``.
 
     Writes ``collage-<mode>.png`` beside ``collage.png`` (config in its text chunks) and
-    returns its path. The run's library must still be what it was (fingerprint checked).
+    returns its path. The run's library must still be what it was (fingerprint checked);
+    ``patches`` gives its new place if it moved.
     """
     out_dir = os.fspath(out_dir)
     path = os.path.join(out_dir, checkpoint.CONFIG_FILE)
@@ -503,16 +564,22 @@ def blend_run(out_dir: str | os.PathLike, mode: str = "poisson", *, resources=No
         config = GenerateConfig.from_dict(json.load(handle))
     if config.tiles is not None:
         raise ValueError("blending a tiled collage is not supported yet: blend its tiles' runs.")
-    config = dataclasses.replace(config, blend=mode)
+    config = _relinked(dataclasses.replace(config, blend=mode), patches=patches)
     collage, fingerprint = load_collage(os.path.join(out_dir, checkpoint.PARAMS_FILE))
-    resources = resources or load_resources(config)
-    if fingerprint != resources.library.fingerprint:
+    if resources is not None:
+        library = resources.library
+    else:
+        try:
+            library = load_patch_library(config)  # the model is not needed to render
+        except LibraryError as error:
+            raise _moved_hint(error, out_dir, "blend", patches=patches) from None
+    if fingerprint != library.fingerprint:
         raise ValueError(
             f"the patch library {config.patches!r} is not the one this run used (fingerprint "
-            f"{resources.library.fingerprint} != {fingerprint}): restore that library."
+            f"{library.fingerprint} != {fingerprint}): restore that library."
         )
     background_key = jax.random.split(jax.random.key(config.seed), 3)[0]
-    image = final_image(config, resources.library, collage, background_key)
+    image = final_image(config, library, collage, background_key)
     target = os.path.join(out_dir, f"collage-{mode}.png")
     io.save_png(
         target,
@@ -765,10 +832,20 @@ def save_collage(path: str, collage: Collage, loss: float, library: Library) -> 
 
 
 def load_collage(path: str | os.PathLike) -> tuple[Collage, str]:
-    """Reads ``save_collage``'s file: the collage and its library's fingerprint."""
-    with np.load(path) as data:
-        params = CollageParams(
-            **{k: jnp.asarray(data[f"params/{k}"]) for k in CollageParams._fields}
-        )
-        collage = Collage(params, jnp.asarray(data["patch_index"]))
-        return collage, str(data["library_fingerprint"])
+    """Reads ``save_collage``'s file: the collage and its library's fingerprint.
+
+    Raises:
+      ValueError: the file is missing or damaged (one line naming it; nothing is unpickled).
+    """
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            params = CollageParams(
+                **{k: jnp.asarray(data[f"params/{k}"]) for k in CollageParams._fields}
+            )
+            collage = Collage(params, jnp.asarray(data["patch_index"]))
+            return collage, str(data["library_fingerprint"])
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise ValueError(
+            f"{os.fspath(path)}: not a readable collage ({safe_npy.load_error_reason(error)}): "
+            "resume the run to write it again, or start a new run."
+        ) from None

@@ -28,7 +28,8 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from clipclop_jax import io
+from clipclop_jax import io, safe_npy
+from clipclop_jax.blend import BLEND_MODES
 from clipclop_jax.optimise import RunState
 from clipclop_jax.version import __version__
 
@@ -42,15 +43,23 @@ CHECKPOINT_DIR = "checkpoints"
 FRAME_DIR = "frames"
 GIF_FILE = "evolution.gif"
 MP4_FILE = "evolution.mp4"
-RUN_ENTRIES = (
-    CONFIG_FILE,
-    COLLAGE_FILE,
-    PARAMS_FILE,
-    CHECKPOINT_DIR,
-    FRAME_DIR,
-    GIF_FILE,
-    MP4_FILE,
-)
+TILE_DIR = "tiles"  # a tiled run's folder holds one run folder per tile, tiles/rRcC
+
+# The names a run writes, by folder (docs/runs.md); --overwrite removes these and nothing
+# else. ``collage-MODE.png`` is what ``api.blend_run`` adds.
+_BLENDS = "|".join(m for m in BLEND_MODES if m != "none")
+_RUN_FILES = rf"config\.json|collage(?:-(?:{_BLENDS}))?\.png|params\.npz|evolution\.(?:gif|mp4)"
+# Any step-N file there is ours: list_checkpoints and video.list_frames read them all.
+_STEP_FILES = {CHECKPOINT_DIR: r"step-\d+\.npz", FRAME_DIR: r"step-\d+\.png"}
+_TILE_FOLDER = re.compile(r"r\d+c\d+")
+
+
+def _own(pattern: str) -> re.Pattern:
+    # A file of ours, or a write of one that never finished (io.atomic_path names it
+    # ".tmp-XXXXXXXX<name>"; video and the writability probe use ".tmp-<pid>-<name>" and
+    # ".tmp-probe-XXXXXXXX").
+    return re.compile(rf"(?:\.tmp-[^/]*?)?(?:{pattern})|\.tmp-probe-\w+")
+
 
 _NAME = re.compile(r"^step-(\d+)\.npz$")
 
@@ -153,27 +162,43 @@ def discard_newer(out_dir: str | os.PathLike, step: int) -> None:
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Reads one checkpoint file.
+    """Reads one checkpoint file (never unpickling anything).
 
     Raises:
-      ValueError: the file is not a readable checkpoint of this format.
+      ValueError: the file is not a readable checkpoint of this format; one line naming it
+        and what to do.
     """
     path = os.fspath(path)
     try:
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(str(data["meta"]))
-            if meta.get("format") != FORMAT:
-                raise ValueError(
-                    f"{path}: checkpoint format {meta.get('format')!r}; this version reads "
-                    f"format {FORMAT}."
-                )
-            count = len(meta["paths"])
-            leaves = [data[f"leaf_{i:04d}"] for i in range(count)]
-            history = data["history"]
-    except (OSError, KeyError, zipfile.BadZipFile, json.JSONDecodeError, EOFError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"{path}: not a readable checkpoint ({reason}).") from None
-    return Checkpoint(path, int(meta["step"]), leaves, history, meta)
+            if meta.get("format") == FORMAT:
+                count = len(meta["paths"])
+                leaves = [data[f"leaf_{i:04d}"] for i in range(count)]
+                history = data["history"]
+                step = int(meta["step"])
+    except (
+        OSError,
+        KeyError,
+        TypeError,
+        AttributeError,
+        ValueError,
+        zipfile.BadZipFile,
+        json.JSONDecodeError,
+        EOFError,
+    ) as error:
+        reason = safe_npy.load_error_reason(error)
+        raise ValueError(
+            f"{path}: not a readable checkpoint ({reason}): delete it or resume from an older "
+            "checkpoint."
+        ) from None
+    if meta.get("format") != FORMAT:
+        raise ValueError(
+            f"{path}: checkpoint format {meta.get('format')!r}; this version reads format "
+            f"{FORMAT}: resume it with the clipclop-jax version that wrote it "
+            f"({meta.get('version')})."
+        )
+    return Checkpoint(path, step, leaves, history, meta)
 
 
 def load_latest(out_dir: str | os.PathLike) -> Checkpoint:
@@ -193,7 +218,10 @@ def load_latest(out_dir: str | os.PathLike) -> Checkpoint:
         except ValueError as error:
             errors.append(str(error))
     if errors:
-        raise ValueError(f"{out_dir}: no readable checkpoint ({errors[0]})")
+        raise ValueError(
+            f"{out_dir} has no readable checkpoint, so its run cannot continue: start it again "
+            f"(generate --overwrite). The newest: {errors[0]}"
+        )
     raise ValueError(
         f"{out_dir} has no checkpoint to resume from (no {CHECKPOINT_DIR}/step-*.npz): "
         "start the run again with generate."
@@ -274,7 +302,7 @@ def prepare_output_folder(
     """Makes ``out_dir`` ready for a new run, or refuses before any work is done.
 
     An existing folder that is not empty is refused unless ``overwrite``, which then removes
-    the run files a previous run left there (``RUN_ENTRIES``; nothing else).
+    the files a previous run wrote there (``remove_run_files``) and nothing else.
 
     Raises:
       OutputFolderError: the folder exists and holds files, is not writable, or its disk has
@@ -290,13 +318,41 @@ def prepare_output_folder(
                 "overwrite it (--overwrite, overwrite=True), or continue its run (clipclop "
                 "resume)."
             )
-        for name in RUN_ENTRIES:
-            target = os.path.join(out_dir, name)
-            if os.path.isdir(target) and not os.path.islink(target):
-                shutil.rmtree(target)
-            elif os.path.lexists(target):
-                os.remove(target)
+        remove_run_files(out_dir)
     check_output_folder(out_dir, needed_bytes=needed_bytes)
+
+
+def remove_run_files(out_dir: str | os.PathLike) -> None:
+    """Removes the files a run (plain or tiled) wrote in ``out_dir``, matched by exact name,
+    and then its sub-folders that are left empty. Any other file stays, wherever it is."""
+    out_dir = os.fspath(out_dir)
+    _remove_matching(out_dir, _own(_RUN_FILES))
+    for folder, pattern in _STEP_FILES.items():
+        path = os.path.join(out_dir, folder)
+        if os.path.isdir(path):
+            _remove_matching(path, _own(pattern))
+            _remove_if_empty(path)
+    tiles = os.path.join(out_dir, TILE_DIR)
+    if os.path.isdir(tiles):
+        for name in os.listdir(tiles):
+            path = os.path.join(tiles, name)
+            if _TILE_FOLDER.fullmatch(name) and os.path.isdir(path):
+                remove_run_files(path)
+                _remove_if_empty(path)
+        _remove_if_empty(tiles)
+
+
+def _remove_matching(folder: str, pattern: re.Pattern) -> None:
+    for name in os.listdir(folder):
+        path = os.path.join(folder, name)
+        # A link is removed, never what it points to; a folder with our name is not ours.
+        if pattern.fullmatch(name) and (os.path.islink(path) or not os.path.isdir(path)):
+            os.remove(path)
+
+
+def _remove_if_empty(folder: str) -> None:
+    if not os.path.islink(folder) and not os.listdir(folder):
+        os.rmdir(folder)
 
 
 def check_output_folder(out_dir: str | os.PathLike, *, needed_bytes: int = 0) -> None:

@@ -29,6 +29,16 @@ def build_parser() -> argparse.ArgumentParser:
         "saved there. See docs/runs.md.",
     )
     res.add_argument("dir", metavar="DIR", help="the run's output folder (its --out)")
+    res.add_argument(
+        "--patches",
+        metavar="PATH",
+        help="where the run's patch library is now, if it moved (must be the same library)",
+    )
+    res.add_argument(
+        "--model",
+        metavar="PATH",
+        help="where the run's CLIP model folder is now, if it moved (must be the same weights)",
+    )
     res.add_argument("--quiet", action="store_true", help="no progress bar")
     bl = commands.add_parser(
         "blend",
@@ -38,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bl.add_argument("dir", metavar="DIR", help="the run's output folder (its --out)")
     bl.add_argument("--mode", choices=("poisson", "mixed"), default="poisson", help="blend mode")
+    bl.add_argument(
+        "--patches",
+        metavar="PATH",
+        help="where the run's patch library is now, if it moved (must be the same library)",
+    )
     add_batch_parser(commands)
     add_patches_parser(commands)
     return parser
@@ -109,7 +124,7 @@ def run_generate(args: argparse.Namespace) -> int:
 def run_blend(args: argparse.Namespace) -> int:
     from clipclop_jax.api import blend_run
 
-    path = blend_run(args.dir, args.mode)
+    path = blend_run(args.dir, args.mode, patches=args.patches)
     print(f"wrote {path}")
     return 0
 
@@ -128,7 +143,11 @@ def run_resume(args: argparse.Namespace) -> int:
             pass
     return drive(
         lambda progress_fn, should_stop: resume(
-            args.dir, progress_fn=progress_fn, should_stop=should_stop
+            args.dir,
+            patches=args.patches,
+            model=args.model,
+            progress_fn=progress_fn,
+            should_stop=should_stop,
         ),
         total=total,
         initial=initial,

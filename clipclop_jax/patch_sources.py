@@ -26,14 +26,17 @@ from typing import NamedTuple
 
 import numpy as np
 
-from clipclop_jax import io
-from clipclop_jax.cutouts import ALPHA_EMPTY, black_is_transparent
+from clipclop_jax import io, safe_npy
+from clipclop_jax.cutouts import ALPHA_EMPTY
 from clipclop_jax.library import (
     IMAGE_SUFFIXES,
     Library,
     LibraryError,
     PatchLibrary,
+    check_library_arrays,
     check_library_format,
+    original_patch_rgba,
+    read_original_patches,
     square_patch,
 )
 
@@ -211,29 +214,25 @@ def _npy_header(handle) -> tuple[tuple[int, ...], np.dtype]:
 
 
 def _npy_length(path: pathlib.Path) -> int:
+    # Unpickled once here, so that a file that pickles anything but arrays, or is not a
+    # sequence of patches, stops the build before any image is read.
     try:
-        with open(path, "rb") as handle:
-            shape, _ = _npy_header(handle)
-    except (OSError, ValueError) as error:
-        raise SourceError(f"{str(path)!r} is not a readable .npy patch file ({error}).") from None
-    return shape[0] if shape else 0
+        return len(read_original_patches(path))
+    except LibraryError as error:
+        raise SourceError(str(error)) from None
 
 
 def _npy_items(path: pathlib.Path) -> Iterator[SourceImage]:
-    # The original's files are pickled object arrays: only load files you trust.
-    patches = np.load(path, allow_pickle=True)
+    patches = read_original_patches(path)
     for index, patch in enumerate(patches):
         yield _decoded(f"{path.name}#{index}", lambda p=patch: _npy_patch(p))
 
 
 def _npy_patch(patch) -> tuple[np.ndarray, bool]:
-    patch = np.asarray(patch)
-    if patch.ndim != 3 or patch.shape[2] not in (3, 4):
-        raise io.ImageReadError(f"patch of shape {patch.shape} is not [W, H, 3 or 4]")
-    patch = np.clip(patch, 0, 255).astype(np.uint8).swapaxes(0, 1)
-    if patch.shape[2] == 3:
-        patch = np.concatenate([patch, black_is_transparent(patch)[..., None]], -1)
-    return np.ascontiguousarray(patch), True
+    try:
+        return original_patch_rgba(patch), True
+    except ValueError as error:
+        raise io.ImageReadError(f"patch {error}") from None
 
 
 class NpyRows:
@@ -275,15 +274,21 @@ class NpyRows:
 
 
 def read_library_index(path: str | os.PathLike) -> tuple[np.ndarray, tuple[str, ...]]:
-    """A library ``.npz``'s small arrays: ``sizes`` [P, 2] int32 and the names."""
+    """A library ``.npz``'s small arrays: ``sizes`` [P, 2] int32 and the names, checked
+    against its ``rgba`` member's header (``library.check_library_arrays``) before any
+    square is read."""
     try:
         with np.load(path, allow_pickle=False) as data:
             check_library_format(data, path, SourceError)
-            return np.asarray(data["sizes"], np.int32), tuple(str(n) for n in data["names"])
-    except SourceError:
+            sizes, names = data["sizes"], tuple(str(n) for n in np.atleast_1d(data["names"]))
+        with NpyRows(path, "rgba") as rows:
+            check_library_arrays(os.fspath(path), rows, sizes, names)
+    except LibraryError:
         raise
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
-        raise SourceError(f"{os.fspath(path)!r} cannot be read as a library ({error}).") from None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        reason = safe_npy.load_error_reason(error)
+        raise SourceError(f"{os.fspath(path)!r} cannot be read as a library ({reason}).") from None
+    return np.asarray(sizes, np.int32), names
 
 
 def iter_library_cutouts(path: str | os.PathLike) -> Iterator[tuple[str, np.ndarray]]:

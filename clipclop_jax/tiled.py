@@ -22,6 +22,7 @@ from clipclop_jax.api import (
     Resources,
     generate,
     load_resources,
+    with_absolute_paths,
     write_outputs,
 )
 from clipclop_jax.background import make_background
@@ -93,6 +94,7 @@ def generate_tiled(
     if config.tiles is None:
         raise ValueError("config.tiles is not set: use api.generate for one canvas.")
     grid = TileGrid.parse(config.tiles)
+    config = with_absolute_paths(config)
     if out_dir is not None:
         out_dir = os.fspath(out_dir)
         prepare_output_folder(out_dir, overwrite=overwrite, needed_bytes=0)

@@ -11,6 +11,7 @@ LAYERS = [
     "config",
     "xla_options",
     "io",
+    "safe_npy",
     "cutouts",
     "segment",
     "builtin_libraries",

@@ -49,7 +49,7 @@ from clipclop_jax.optimise import (
 )
 from clipclop_jax.params import Collage, CollageParams, random_population, stack, take
 from clipclop_jax.patch_sources import load_library_subset
-from clipclop_jax.perceptor import DEMO, Perceptor, load_perceptor
+from clipclop_jax.perceptor import DEMO, Perceptor, PerceptorError, load_perceptor
 from clipclop_jax.prompts import format_prompts, parse_grid, parse_prompts
 from clipclop_jax.tiles import TileGrid
 from clipclop_jax.version import __version__
@@ -286,11 +286,15 @@ def _relinked(config: GenerateConfig, **moved) -> GenerateConfig:
 def _moved_hint(error: ValueError, out_dir: str, command: str, **given) -> ValueError:
     """``error`` (the saved library or model failed to load) with how to point the run at
     their new place, unless the caller already gave one."""
-    option = "patches" if isinstance(error, LibraryError) else "model"
+    if isinstance(error, LibraryError):
+        option, what = "patches", "patch library"
+    elif isinstance(error, PerceptorError):
+        option, what = "model", "CLIP model"
+    else:
+        return error
     if option not in given or given[option] is not None:
         return error
     message = str(error).strip().splitlines()[0].rstrip(".")
-    what = "patch library" if option == "patches" else "CLIP model"
     return ValueError(
         f"{message}. If the run's {what} moved, give its new place: clipclop {command} "
         f"{shlex.quote(out_dir)} --{option} PATH ({command}(..., {option}=PATH))."
@@ -373,7 +377,7 @@ def resume(
       out_dir: a folder ``generate`` wrote with checkpoints.
       patches: where the run's patch library is now, if it moved (default: where the saved
         config says). Accepted only if it is the same library (fingerprint checked); the
-        new place is saved with the run's next checkpoint.
+        newest checkpoint then records the new place.
       model: likewise for a CLIP model folder that moved.
       progress_fn, resources, should_stop: as for ``generate``.
 
@@ -385,7 +389,8 @@ def resume(
     """
     out_dir = os.fspath(out_dir)
     saved = checkpoint.load_latest(out_dir)
-    config = _relinked(GenerateConfig.from_dict(saved.config), patches=patches, model=model)
+    original = GenerateConfig.from_dict(saved.config)
+    config = _relinked(original, patches=patches, model=model)
     video.check_video_support(gif=config.output.gif, mp4=config.output.mp4)
     checkpoint.check_output_folder(out_dir, needed_bytes=estimate_output_bytes(config))
     if resources is None:
@@ -401,6 +406,18 @@ def resume(
     run = _prepare(config, resources)
     state = checkpoint.restore_state(saved, state_template(config))
     checkpoint.discard_newer(out_dir, saved.step)
+    if config != original:
+        # Relinked: the checkpoint records the new place at once, so that the next resume
+        # (even of a finished run, which writes no new checkpoint) needs no option.
+        checkpoint.save_checkpoint(
+            out_dir,
+            state,
+            saved.history,
+            config=config.to_dict(),
+            library_fingerprint=saved.meta["library_fingerprint"],
+            model_fingerprint=saved.meta["model_fingerprint"],
+            keep=config.output.keep_checkpoints,
+        )
     return _run(config, resources, run, state, saved.history, out_dir, progress_fn, should_stop)
 
 

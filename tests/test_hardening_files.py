@@ -320,6 +320,21 @@ def test_a_run_whose_library_moved_resumes_from_the_new_place(
     assert final.config["patches"] == str(new / "lib.npz")  # the next resume needs no option
 
 
+def test_a_run_whose_model_folder_moved_resumes_with_model(tmp_path, monkeypatch, capsys):
+    from clipclop_jax.perceptor import demo_model_path
+
+    shutil.copytree(demo_model_path(), tmp_path / "clip")
+    monkeypatch.chdir(tmp_path)
+    generate(dataclasses.replace(TINY, model="clip"), out_dir="run")  # a finished run
+    assert checkpoint.load_latest("run").config["model"] == str(tmp_path / "clip")
+    shutil.move(tmp_path / "clip", tmp_path / "moved")
+    assert main(["resume", "run", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--model PATH" in err
+    assert main(["resume", "run", "--model", "moved", "--quiet"]) == 0
+    assert checkpoint.load_latest("run").config["model"] == str(tmp_path / "moved")
+
+
 # -- 2. --overwrite removes what a run wrote, and nothing of the user's ----------------------
 
 

@@ -21,6 +21,7 @@ import os
 import pathlib
 import re
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import NamedTuple
 
@@ -243,6 +244,7 @@ class NpyRows:
     """
 
     def __init__(self, path: str | os.PathLike, key: str):
+        self._where = f"{os.fspath(path)!r}: {key}"
         self._zip = zipfile.ZipFile(path)
         try:
             self._file = self._zip.open(f"{key}.npy")
@@ -257,9 +259,14 @@ class NpyRows:
 
     def __iter__(self) -> Iterator[np.ndarray]:
         for _ in range(self.shape[0]):
-            data = self._file.read(self._row_bytes)
+            try:
+                data = self._file.read(self._row_bytes)
+            except (OSError, EOFError, zlib.error, zipfile.BadZipFile) as error:
+                raise SourceError(
+                    f"{self._where} is damaged ({error}): rebuild the library."
+                ) from None
             if len(data) != self._row_bytes:
-                raise ValueError("the array is truncated")
+                raise SourceError(f"{self._where} is truncated: rebuild the library.")
             yield np.frombuffer(data, self.dtype).reshape(self.shape[1:])
 
     def close(self) -> None:

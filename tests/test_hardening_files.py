@@ -9,6 +9,7 @@ import json
 import os
 import pickle
 import shutil
+import zipfile
 
 import numpy as np
 import pytest
@@ -197,6 +198,24 @@ def test_a_bad_library_npz_is_one_line_naming_file_and_cause(tmp_path, name, no_
         with pytest.raises(LibraryError, match=BAD_NPZ[name]) as error:
             load(path, lowres_size=16, highres_size=32)
         assert str(path) in _one_line(error.value) and "clipclop patches build" in str(error.value)
+
+
+def test_a_damaged_library_npz_is_one_line_naming_file_and_cause(tmp_path):
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 255, (6, 30, 30, 4), dtype=np.uint8)
+    noise[..., 3] = 255
+    path = tmp_path / "lib.npz"
+    save_library(path, library_from_cutouts(list(noise), lowres_size=16, highres_size=64))
+    with zipfile.ZipFile(path) as archive:
+        member = archive.getinfo("rgba.npy")
+    data = bytearray(path.read_bytes())
+    start = member.header_offset + 30 + len(member.filename) + len(member.extra)
+    middle = start + member.compress_size // 2
+    data[middle : middle + 64] = bytes(64)  # a flipped stretch in the middle of the squares
+    path.write_bytes(bytes(data))
+    with pytest.raises(LibraryError, match="rgba is damaged") as error:
+        load_library_subset(path, lowres_size=16, highres_size=32)
+    assert str(path) in _one_line(error.value)
 
 
 def _bad_npy(folder, name):

@@ -23,6 +23,7 @@ from clipclop_jax.config import (
     OptimConfig,
     _check_choice,
     _check_range,
+    check_field_types,
     from_dict,
     to_dict,
 )
@@ -77,6 +78,7 @@ class OutputConfig:
     fps: float = 10.0
 
     def __post_init__(self):
+        check_field_types(self)
         _check_range("checkpoint_every", self.checkpoint_every, 0, 10_000_000)
         _check_range("keep_checkpoints", self.keep_checkpoints, 1, 1000)
         _check_range("frame_every", self.frame_every, 1, 10_000_000)
@@ -143,6 +145,7 @@ class GenerateConfig:
     output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
 
     def __post_init__(self):
+        check_field_types(self)
         if not self.prompt.strip():
             raise ValueError("prompt is empty: give the text the collage should show.")
         _check_range("population", self.population, 1, 100_000)

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from clipclop_jax.augment import AugmentConfig, random_augment
-from clipclop_jax.config import CollageConfig, OptimConfig, _check_range
+from clipclop_jax.config import CollageConfig, OptimConfig, _check_range, check_field_types
 from clipclop_jax.library import PatchLibrary
 from clipclop_jax.params import Collage, CollageParams
 from clipclop_jax.render import render
@@ -38,6 +38,7 @@ class RegionConfig:
     global_weight: float = 1.8
 
     def __post_init__(self):
+        check_field_types(self)
         _check_range("rows", self.rows, 0, 16)
         _check_range("cols", self.cols, 0, 16)
         if (self.rows == 0) != (self.cols == 0):

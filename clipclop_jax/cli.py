@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
 import signal
@@ -156,7 +157,9 @@ def drive(call, *, total: int | None, initial: int = 0, quiet: bool = False) -> 
 def _say_stopping(signum: int) -> None:
     # Runs beside the main thread (interrupt.StopOnSignal): a plain write, no print().
     name = signal.Signals(signum).name
-    os.write(2, f"\nclipclop: {name}: stopping after this chunk; again to quit at once.\n".encode())
+    message = f"\nclipclop: {name}: stopping after this chunk; again to quit at once.\n"
+    with contextlib.suppress(OSError):  # stderr may be closed (a pipe whose reader left)
+        os.write(2, message.encode())
 
 
 def _report_stop(stopped, signum: int | None) -> None:

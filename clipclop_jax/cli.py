@@ -173,6 +173,13 @@ def _report_stop(stopped, signum: int | None) -> None:
         print(f"clipclop: {line}", file=sys.stderr)
 
 
+def _check_out(args: argparse.Namespace) -> None:
+    # An empty --out would surface much later as "[Errno 2] No such file or directory: ''".
+    out = getattr(args, "out", None)
+    if out is not None and not out.strip():
+        raise ValueError("--out is empty: give the output path, e.g. --out runs/cat.")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -180,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        _check_out(args)
         if args.command == "generate":
             return run_generate(args)
         if args.command == "resume":

@@ -274,6 +274,18 @@ def _first_line(error: BaseException) -> str:
     return text[0][:160] if text else type(error).__name__
 
 
+def _require_ftfy() -> None:
+    """CLIP's tokenizer cleans text with ``ftfy.fix_text``; transformers silently falls back
+    to another cleaner without it, which tokenises Chinese, Japanese, control characters and
+    mis-decoded text differently (other embeddings than the model was trained on)."""
+    try:
+        import ftfy  # noqa: F401
+    except ImportError:
+        raise PerceptorError(
+            "the Python package ftfy is missing; CLIP's tokenizer needs it: pip install ftfy."
+        ) from None
+
+
 def load_perceptor(name_or_path: str = DEMO, *, dtype: Any = jnp.float32) -> Perceptor:
     """Loads a CLIP model as a ``Perceptor``.
 
@@ -293,6 +305,7 @@ def load_perceptor(name_or_path: str = DEMO, *, dtype: Any = jnp.float32) -> Per
     """
     from transformers import CLIPImageProcessor, CLIPTokenizer, FlaxCLIPModel
 
+    _require_ftfy()
     is_demo = name_or_path == DEMO
     source = str(demo_model_path()) if is_demo else os.fspath(name_or_path)
     is_folder = os.path.isdir(source)
@@ -325,6 +338,8 @@ def load_perceptor(name_or_path: str = DEMO, *, dtype: Any = jnp.float32) -> Per
             mean, std = tuple(processor.image_mean), tuple(processor.image_std)
         except (OSError, ValueError):
             mean, std = OPENAI_MEAN, OPENAI_STD
+    if getattr(tokenizer, "fix_text", None) is None:
+        raise PerceptorError(f"the tokenizer of {source!r} does not clean text with ftfy.")
     # Checkpoints may hold float16 (the demo does, to stay small): compute from float32.
     params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
     config = model.config

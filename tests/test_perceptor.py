@@ -192,3 +192,29 @@ def test_embed_images_has_no_convolution(demo, images):
     jaxpr = jax.make_jaxpr(lambda x: demo.embed_images(demo.params, x))(images)
     assert "conv_general_dilated" not in str(jaxpr)
     assert "dot_general" in str(jaxpr)
+
+
+@pytest.mark.parametrize("raw", ["cafÃ©", "donâ€™t", "ａ ｒｅｄ ｃｉｒｃｌｅ", "a red\x07 circle"])
+def test_prompts_are_cleaned_with_ftfy_as_clip_expects(demo, raw):
+    import ftfy
+
+    fixed = ftfy.fix_text(raw)
+    assert fixed != raw
+    ids, mask = demo.tokenize([raw, fixed])
+    np.testing.assert_array_equal(ids[0], ids[1])
+    np.testing.assert_array_equal(mask[0], mask[1])
+
+
+def test_without_ftfy_loading_says_to_install_it():
+    code = (
+        "import sys\n"
+        "sys.modules['ftfy'] = None  # as if not installed\n"
+        "from clipclop_jax.perceptor import load_perceptor, PerceptorError\n"
+        "try:\n"
+        "    load_perceptor('demo')\n"
+        "except PerceptorError as e:\n"
+        "    print('ERROR:' + str(e))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "ERROR:the Python package ftfy is missing" in run.stdout, run.stdout + run.stderr
+    assert "pip install ftfy" in run.stdout

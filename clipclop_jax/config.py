@@ -301,6 +301,9 @@ class OptimConfig:
       gradient_clipping: global-norm clip of each collage's gradient (original: 10).
       num_crops: augmented crops CLIP scores per collage per step (original: 4).
       use_augmentations: off scores the plain render once.
+      normalize_input: CLIP sees the crops normalised with its mean and std, as it was
+        trained (default). False feeds the [0, 1] pixels unnormalised, as the original
+        CLIP-CLOP did by default (its ``use_normalized_clip: False``).
       initial_search_size: random collages drawn per individual before optimising, the best
         kept (original: 1, no search).
       chunk_steps: steps compiled into one program between host round trips.
@@ -326,6 +329,7 @@ class OptimConfig:
     gradient_clipping: float = 10.0
     num_crops: int = 4
     use_augmentations: bool = True
+    normalize_input: bool = True
     initial_search_size: int = 1
     chunk_steps: int = 10
     batching: str = "auto"

@@ -150,7 +150,9 @@ def make_collage_loss(
         for r, (top, left, height, width) in enumerate(boxes):
             region = image[top : top + height, left : left + width]
             crops.append(views(jax.random.fold_in(key, r + 1), region, per_region))
-        embeddings = perceptor.embed_images(guidance.clip_params, jnp.concatenate(crops))
+        embeddings = perceptor.embed_images(
+            guidance.clip_params, jnp.concatenate(crops), normalize=optim.normalize_input
+        )
         value = prompt_loss(embeddings[:num_crops], guidance)
         if boxes:
             value = regions.global_weight * value + region_loss(

@@ -87,7 +87,8 @@ class Perceptor:
     Attributes:
       name: what it was loaded from ("demo", a hub name or a folder).
       image_size: side in pixels of the vision tower's square input.
-      mean, std: per-channel RGB normalisation applied to [0, 1] pixels.
+      mean, std: per-channel RGB normalisation applied to [0, 1] pixels (unless
+        ``embed_images`` is told not to: ``OptimConfig.normalize_input``).
       params: the CLIP weights pytree; pass it into jitted code as an argument.
       embed_dim: D, the joint embedding size.
       max_text_tokens: the most tokens a prompt may have, start and end tokens included
@@ -172,17 +173,20 @@ class Perceptor:
         ids, mask = self.tokenize(texts)
         return self._text_fn(self.params, jnp.asarray(ids), jnp.asarray(mask))
 
-    def embed_images(self, params: Any, images: jax.Array) -> jax.Array:
+    def embed_images(self, params: Any, images: jax.Array, *, normalize: bool = True) -> jax.Array:
         """Embeds images; pure in ``params`` and differentiable in ``images``.
 
         Images are resized (antialiased, aspect not kept: crop first to keep it) to
-        ``image_size``, normalised with ``mean``/``std`` and run through the vision tower and
-        projection. Only the ``params`` argument is read, so
+        ``image_size``, normalised with ``mean``/``std`` (unless ``normalize`` is False) and
+        run through the vision tower and projection. Only the ``params`` argument is read, so
         ``jax.jit(lambda p, x: perceptor.embed_images(p, x))`` compiles once per image shape.
 
         Args:
           params: the CLIP weights, ``perceptor.params`` (or a same-shaped pytree).
           images: [B, H, W, 3] float32 RGB in [0, 1], any H, W.
+          normalize: False feeds the [0, 1] pixels to the vision tower as they are, as the
+            original CLIP-CLOP did by default (``use_normalized_clip: False``); a static
+            setting (``OptimConfig.normalize_input``).
 
         Returns:
           [B, D] float32, L2-normalised rows.
@@ -194,9 +198,11 @@ class Perceptor:
         images = images.astype(jnp.float32)
         if images.shape[1:3] != (size, size):
             images = jax.image.resize(images, (batch, size, size, 3), "linear", antialias=True)
-        mean = jnp.asarray(self.mean, jnp.float32).reshape(1, 1, 1, 3)
-        std = jnp.asarray(self.std, jnp.float32).reshape(1, 1, 1, 3)
-        pixels = (images - mean) / std
+        pixels = images
+        if normalize:
+            mean = jnp.asarray(self.mean, jnp.float32).reshape(1, 1, 1, 3)
+            std = jnp.asarray(self.std, jnp.float32).reshape(1, 1, 1, 3)
+            pixels = (images - mean) / std
         with flax.linen.intercept_methods(_patch_conv_as_matmul):
             features = self.module.apply({"params": params}, pixels, method=_image_method)
         return _normalise(features.astype(jnp.float32))

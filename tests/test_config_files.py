@@ -171,3 +171,11 @@ def test_an_empty_out_is_one_line(capsys, argv):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err == "clipclop: error: --out is empty: give the output path, e.g. --out runs/cat."
+
+
+def test_the_originals_unnormalised_clip_input_is_a_setting():
+    args = build_parser().parse_args(
+        ["generate", "x", "--out", "o", "--set", "optim.normalize_input=false"]
+    )
+    assert config_from_args(args).optim.normalize_input is False
+    assert GenerateConfig().optim.normalize_input is True

@@ -218,3 +218,24 @@ def test_without_ftfy_loading_says_to_install_it():
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "ERROR:the Python package ftfy is missing" in run.stdout, run.stdout + run.stderr
     assert "pip install ftfy" in run.stdout
+
+
+def test_normalize_false_feeds_the_raw_pixels(demo, images):
+    """As the original's default (use_normalized_clip: False): against a direct computation."""
+    size = demo.image_size
+    resized = np.asarray(jax.image.resize(images, (3, size, size, 3), "linear", antialias=True))
+
+    def direct(pixels):
+        pooled = demo.module.apply(
+            {"params": demo.params},
+            pixels,
+            method=lambda m, x: m.visual_projection(m.vision_model(pixel_values=x)[1]),
+        )
+        return pooled / np.linalg.norm(pooled, axis=-1, keepdims=True)
+
+    raw = demo.embed_images(demo.params, images, normalize=False)
+    normalised = demo.embed_images(demo.params, images)
+    mean, std = np.asarray(demo.mean), np.asarray(demo.std)
+    np.testing.assert_allclose(raw, direct(resized), atol=1e-5)
+    np.testing.assert_allclose(normalised, direct((resized - mean) / std), atol=1e-5)
+    assert not np.allclose(raw, normalised, atol=1e-3)

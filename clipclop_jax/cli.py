@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import shlex
 import signal
@@ -180,7 +181,19 @@ def _check_out(args: argparse.Namespace) -> None:
         raise ValueError("--out is empty: give the output path, e.g. --out runs/cat.")
 
 
+def _show_progress_lines() -> None:
+    # The package logs slow one-off work (converting PyTorch weights) to its logger; the
+    # terminal shows those lines, nothing else of the logging tree.
+    logger = logging.getLogger("clipclop_jax")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("clipclop: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
+    _show_progress_lines()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -13,7 +13,9 @@ Three sources (``load_perceptor``):
 * a Hugging Face hub name such as ``openai/clip-vit-base-patch32``: needs the Flax weights in
   the local HF cache (downloaded on first use where there is internet).
 * a local folder written by ``FlaxCLIPModel.save_pretrained`` and
-  ``CLIPTokenizer.save_pretrained`` (plus, optionally, ``CLIPImageProcessor``).
+  ``CLIPTokenizer.save_pretrained`` (plus, optionally, ``CLIPImageProcessor``); a folder with
+  PyTorch weights only (``model.safetensors`` or ``pytorch_model.bin``, as most hub
+  checkpoints) is converted to Flax once and cached (``converted_weights``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ import flax.linen
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from clipclop_jax import converted_weights
 
 DEMO = "demo"
 # OpenAI CLIP's normalisation, used when a checkpoint has no preprocessor config.
@@ -298,8 +302,10 @@ def load_perceptor(name_or_path: str = DEMO, *, dtype: Any = jnp.float32) -> Per
     Args:
       name_or_path: "demo" (the bundled model), a Hugging Face hub name
         ("openai/clip-vit-base-patch32", "openai/clip-vit-base-patch16",
-        "openai/clip-vit-large-patch14", ...) or a local save_pretrained folder with Flax
-        weights (flax_model.msgpack) and a CLIP tokenizer.
+        "openai/clip-vit-large-patch14", ...) or a local save_pretrained folder with a
+        CLIP tokenizer and Flax weights (flax_model.msgpack) or PyTorch weights
+        (model.safetensors or pytorch_model.bin, converted once and cached; a line is
+        logged to the ``clipclop_jax`` logger).
       dtype: computation dtype of the towers (float32; bfloat16 on accelerators). The
         weights are stored float32 either way and the embeddings are float32.
 
@@ -322,16 +328,24 @@ def load_perceptor(name_or_path: str = DEMO, *, dtype: Any = jnp.float32) -> Per
             f"CLIP model folder {source!r} does not exist or is not a folder; pass a "
             "save_pretrained folder, a hub name such as openai/clip-vit-base-patch32, or demo."
         )
-    if is_folder and not os.path.exists(os.path.join(source, "flax_model.msgpack")):
-        raise PerceptorError(
-            f"{source!r} has no flax_model.msgpack: save it with FlaxCLIPModel.save_pretrained "
-            "(FlaxCLIPModel.from_pretrained(folder, from_pt=True) converts PyTorch weights)."
-        )
+    weights = source
+    if is_folder and not os.path.exists(os.path.join(source, converted_weights.FLAX_WEIGHTS)):
+        with _quiet_transformers():
+            try:
+                converted = converted_weights.flax_folder(source)
+            except converted_weights.ConversionError as error:
+                raise PerceptorError(str(error)) from None
+        if converted is None:
+            raise PerceptorError(
+                f"{source!r} has no CLIP weights (flax_model.msgpack, model.safetensors or "
+                "pytorch_model.bin): pass a save_pretrained folder."
+            )
+        weights = os.fspath(converted)
     with _quiet_transformers():
         try:
             # _do_init=False skips a random initialisation of every weight (seconds for
             # ViT-B) that the checkpoint would overwrite anyway.
-            model, params = FlaxCLIPModel.from_pretrained(source, _do_init=False, dtype=dtype)
+            model, params = FlaxCLIPModel.from_pretrained(weights, _do_init=False, dtype=dtype)
             tokenizer = CLIPTokenizer.from_pretrained(source)
         except (OSError, ValueError) as error:
             if is_folder:

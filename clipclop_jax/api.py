@@ -116,7 +116,11 @@ class GenerateConfig:
         keep a large library's footprint small (None: all).
       lowres_size, highres_size: library square sides for optimising and for the final render.
       collage, optim, augment, evolution, regions, output: see their classes (the regions'
-        rows and columns follow ``region_prompts``).
+        rows and columns follow ``region_prompts``); a dict of settings is converted with
+        ``from_dict``.
+
+    Every field's type is checked (``config.check_field_types``): a wrong one is a one-line
+    ``ConfigTypeError`` (a ``TypeError`` and a ``ValueError``) naming field, value and type.
     """
 
     prompt: str = "a red circle"

@@ -25,6 +25,7 @@ from clipclop_jax.config import (
     OptimConfig,
     _check_choice,
     _check_range,
+    check_field_types,
     from_dict,
     to_dict,
 )
@@ -79,6 +80,7 @@ class OutputConfig:
     fps: float = 10.0
 
     def __post_init__(self):
+        check_field_types(self)
         _check_range("checkpoint_every", self.checkpoint_every, 0, 10_000_000)
         _check_range("keep_checkpoints", self.keep_checkpoints, 1, 1000)
         _check_range("frame_every", self.frame_every, 1, 10_000_000)
@@ -116,7 +118,11 @@ class GenerateConfig:
         keep a large library's footprint small (None: all).
       lowres_size, highres_size: library square sides for optimising and for the final render.
       collage, optim, augment, evolution, regions, output: see their classes (the regions'
-        rows and columns follow ``region_prompts``).
+        rows and columns follow ``region_prompts``); a dict of settings is converted with
+        ``from_dict``.
+
+    Every field's type is checked (``config.check_field_types``): a wrong one is a one-line
+    ``ConfigTypeError`` (a ``TypeError`` and a ``ValueError``) naming field, value and type.
     """
 
     prompt: str = "a red circle"
@@ -145,6 +151,7 @@ class GenerateConfig:
     output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
 
     def __post_init__(self):
+        check_field_types(self)
         if not self.prompt.strip():
             raise ValueError("prompt is empty: give the text the collage should show.")
         _check_range("population", self.population, 1, 100_000)

@@ -25,6 +25,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from clipclop_jax.config import check_field_types
+
 # torchvision's RandomResizedCrop draws up to 10 boxes and keeps the first that fits.
 CROP_ATTEMPTS = 10
 # A homogeneous w at or below this means the point maps to or beyond the horizon line.
@@ -55,6 +57,7 @@ class AugmentConfig:
     fill: float = 1.0
 
     def __post_init__(self):
+        check_field_types(self)
         _check_unit("perspective_distortion", self.perspective_distortion)
         _check_unit("perspective_probability", self.perspective_probability)
         # JSON configs give lists; keep tuples so the config stays hashable.

@@ -26,6 +26,7 @@ from typing import NamedTuple
 
 from clipclop_jax import io
 from clipclop_jax.api import GenerateConfig, Resources, generate, load_resources
+from clipclop_jax.config_files import read_utf8
 from clipclop_jax.version import __version__
 
 SUMMARY_CSV = "summary.csv"
@@ -94,11 +95,10 @@ def read_prompts(path: str | os.PathLike) -> list[str]:
 
     Raises:
       OSError: the file cannot be read.
-      ValueError: it holds no prompt.
+      ValueError: it is not UTF-8 text or holds no prompt.
     """
     name = os.fspath(path)
-    with open(name, encoding="utf-8") as handle:
-        lines = [line.strip() for line in handle]
+    lines = [line.strip() for line in read_utf8(name, "a prompts file").splitlines()]
     prompts = [line for line in lines if line and not line.startswith("#")]
     if not prompts:
         raise ValueError(f"{name} holds no prompts: write one prompt per line.")

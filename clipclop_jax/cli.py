@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
 import shlex
 import signal
@@ -175,7 +177,9 @@ def drive(call, *, total: int | None, initial: int = 0, quiet: bool = False) -> 
 def _say_stopping(signum: int) -> None:
     # Runs beside the main thread (interrupt.StopOnSignal): a plain write, no print().
     name = signal.Signals(signum).name
-    os.write(2, f"\nclipclop: {name}: stopping after this chunk; again to quit at once.\n".encode())
+    message = f"\nclipclop: {name}: stopping after this chunk; again to quit at once.\n"
+    with contextlib.suppress(OSError):  # stderr may be closed (a pipe whose reader left)
+        os.write(2, message.encode())
 
 
 def _report_stop(stopped, signum: int | None) -> None:
@@ -189,13 +193,33 @@ def _report_stop(stopped, signum: int | None) -> None:
         print(f"clipclop: {line}", file=sys.stderr)
 
 
+def _check_out(args: argparse.Namespace) -> None:
+    # An empty --out would surface much later as "[Errno 2] No such file or directory: ''".
+    out = getattr(args, "out", None)
+    if out is not None and not out.strip():
+        raise ValueError("--out is empty: give the output path, e.g. --out runs/cat.")
+
+
+def _show_progress_lines() -> None:
+    # The package logs slow one-off work (converting PyTorch weights) to its logger; the
+    # terminal shows those lines, nothing else of the logging tree.
+    logger = logging.getLogger("clipclop_jax")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("clipclop: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
+    _show_progress_lines()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
     try:
+        _check_out(args)
         if args.command == "generate":
             return run_generate(args)
         if args.command == "resume":

@@ -8,13 +8,131 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
+import numbers
+import types
+import typing
 from typing import Any, TypeVar
 
 RENDER_MODES = ("transparency", "masked_transparency", "opacity")
 COLOUR_SPACES = ("rgb", "hsv", "none")
 
 T = TypeVar("T")
+
+
+class ConfigTypeError(TypeError, ValueError):
+    """A config field holds a value of the wrong type. Both a ``TypeError`` (what Python
+    raises for a wrong argument type) and a ``ValueError`` (what the CLI reports as one line)."""
+
+
+def check_field_types(config: Any) -> None:
+    """Checks every field of a frozen config dataclass against its annotation, in place.
+
+    Every config class calls this first in ``__post_init__``, so the API refuses what the
+    CLI's ``--set`` refuses. The rules:
+
+    * ``bool`` takes only ``True``/``False`` (not 0/1); ``int`` takes whole numbers but not
+      ``bool`` nor ``2.0`` (numpy integers become ``int``); ``float`` takes any real number but
+      ``bool`` and stores it as ``float``; ``str`` takes only text.
+    * ``X | None`` takes ``None`` as well.
+    * ``tuple[float, float]`` takes a pair (tuple or list) of numbers, stored as a tuple.
+    * A nested config takes an instance of its class, or a dict of its settings, which is
+      converted with ``from_dict`` (unknown keys are refused by name).
+
+    Raises:
+      ConfigTypeError: one line naming the class, field, value and the expected type.
+    """
+    cls = type(config)
+    for name, hint in _field_hints(cls).items():
+        value = getattr(config, name)
+        checked = _checked_value(hint, value)
+        if checked is _WRONG:
+            raise ConfigTypeError(
+                f"{cls.__name__}.{name}={value!r} has the wrong type "
+                f"({type(value).__name__}): expected {_describe(hint)}."
+            )
+        if checked is not value:
+            object.__setattr__(config, name, checked)
+
+
+_WRONG = object()
+
+
+@functools.cache
+def _field_hints(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _options(hint: Any) -> tuple[Any, ...]:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return typing.get_args(hint)
+    return (hint,)
+
+
+def _checked_value(hint: Any, value: Any) -> Any:
+    """``value`` as ``hint`` stores it, or ``_WRONG``."""
+    options = _options(hint)
+    if value is None:
+        return None if type(None) in options else _WRONG
+    for kind in options:
+        if kind is type(None):
+            continue
+        checked = _checked_single(kind, value)
+        if checked is not _WRONG:
+            return checked
+    return _WRONG
+
+
+def _checked_single(kind: Any, value: Any) -> Any:
+    is_number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if kind is bool:
+        return value if isinstance(value, bool) else _WRONG
+    if kind is int:
+        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        return (value if type(value) is int else int(value)) if ok else _WRONG
+    if kind is float:
+        return (value if type(value) is float else float(value)) if is_number else _WRONG
+    if kind is str:
+        return value if isinstance(value, str) else _WRONG
+    if dataclasses.is_dataclass(kind):
+        if isinstance(value, kind):
+            return value
+        # A dict of a nested config's settings, as in a config file.
+        return from_dict(kind, value) if isinstance(value, dict) else _WRONG
+    if typing.get_origin(kind) is tuple:
+        args = typing.get_args(kind)
+        if not isinstance(value, (tuple, list)) or len(value) != len(args):
+            return _WRONG
+        items = tuple(_checked_single(arg, item) for arg, item in zip(args, value, strict=True))
+        if any(item is _WRONG for item in items):
+            return _WRONG
+        return value if items == tuple(value) and isinstance(value, tuple) else items
+    return value  # an annotation these rules do not cover: left to __post_init__
+
+
+def _describe(hint: Any) -> str:
+    names = []
+    for kind in _options(hint):
+        if kind is type(None):
+            names.append("None")
+        elif kind is bool:
+            names.append("bool (True or False)")
+        elif kind is int:
+            names.append("int (a whole number)")
+        elif kind is float:
+            names.append("float (a number)")
+        elif kind is str:
+            names.append("str (text)")
+        elif dataclasses.is_dataclass(kind):
+            names.append(f"{kind.__name__} (or a dict of its settings)")
+        elif typing.get_origin(kind) is tuple:
+            inner = ", ".join(_describe(arg).split(" (")[0] for arg in typing.get_args(kind))
+            names.append(f"a pair ({inner})" if len(typing.get_args(kind)) == 2 else str(kind))
+        else:
+            names.append(str(kind))
+    return " or ".join(names)
 
 
 def _check_range(name: str, value: float, low: float, high: float) -> None:
@@ -92,6 +210,7 @@ class CollageConfig:
     invert_colours: bool = False
 
     def __post_init__(self):
+        check_field_types(self)
         _check_range("canvas_height", self.canvas_height, 8, 16384)
         _check_range("canvas_width", self.canvas_width, 8, 16384)
         _check_range("num_patches", self.num_patches, 1, 10000)
@@ -182,6 +301,9 @@ class OptimConfig:
       gradient_clipping: global-norm clip of each collage's gradient (original: 10).
       num_crops: augmented crops CLIP scores per collage per step (original: 4).
       use_augmentations: off scores the plain render once.
+      normalize_input: CLIP sees the crops normalised with its mean and std, as it was
+        trained (default). False feeds the [0, 1] pixels unnormalised, as the original
+        CLIP-CLOP did by default (its ``use_normalized_clip: False``).
       initial_search_size: random collages drawn per individual before optimising, the best
         kept (original: 1, no search).
       chunk_steps: steps compiled into one program between host round trips.
@@ -207,11 +329,13 @@ class OptimConfig:
     gradient_clipping: float = 10.0
     num_crops: int = 4
     use_augmentations: bool = True
+    normalize_input: bool = True
     initial_search_size: int = 1
     chunk_steps: int = 10
     batching: str = "auto"
 
     def __post_init__(self):
+        check_field_types(self)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("batching", self.batching, BATCHINGS)
         _check_range("steps", self.steps, 0, 10_000_000)

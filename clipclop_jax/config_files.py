@@ -37,7 +37,7 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     """Reads a config from ``.yaml``/``.yml``, ``.json`` or a run's ``.png``.
 
     Raises:
-      ValueError: missing or unreadable file, bad syntax, or not a mapping at the top.
+      ValueError: missing file, not UTF-8 text, bad syntax, or not a mapping at the top.
     """
     name = os.fspath(path)
     if not os.path.isfile(name):
@@ -48,8 +48,7 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
             raise ValueError(f"{name} carries no clipclop config (not a clipclop collage).")
         values = _parse(name, text, json_only=True)
     else:
-        with open(name, encoding="utf-8") as handle:
-            text = handle.read()
+        text = read_utf8(name, "a config file")
         values = _parse(name, text, json_only=name.lower().endswith(".json"))
     if values is None:
         return {}
@@ -59,6 +58,22 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
             f"not a {type(values).__name__}."
         )
     return values
+
+
+def read_utf8(name: str, what: str) -> str:
+    """The text of file ``name``, which must be UTF-8.
+
+    Raises:
+      ValueError: one line naming the file (``what`` says what it is) when it is not UTF-8.
+    """
+    try:
+        with open(name, encoding="utf-8") as handle:
+            return handle.read()
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"{name} is not UTF-8 text (byte {error.start} cannot be read): "
+            f"{what} must be saved as UTF-8."
+        ) from None
 
 
 def _parse(name: str, text: str, *, json_only: bool) -> Any:

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from clipclop_jax.config import CollageConfig, _check_choice, _check_range
+from clipclop_jax.config import CollageConfig, _check_choice, _check_range, check_field_types
 from clipclop_jax.params import Collage, CollageParams, clamp, where
 
 METHODS = ("microbial", "es", "none")
@@ -57,6 +57,7 @@ class EvolutionConfig:
     patch_mutation_probability: float = 1.0
 
     def __post_init__(self):
+        check_field_types(self)
         _check_choice("method", self.method, METHODS)
         _check_range("frequency", self.frequency, 1, 10_000_000)
         for name in ("pos_and_rot", "scale", "distort", "colour"):

@@ -14,6 +14,7 @@ inside XLA (which releases the GIL).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -60,7 +61,7 @@ class StopOnSignal:
       signals: the signals to catch.
       on_first: called as ``on_first(signum)`` from the watcher thread on the first signal
         (e.g. to tell the user the run stops after the current chunk); keep it to
-        ``os.write``, it runs beside the main thread.
+        ``os.write``, it runs beside the main thread. An exception it raises is ignored.
     """
 
     def __init__(
@@ -127,7 +128,10 @@ class StopOnSignal:
         self.signum = signum
         self._event.set()
         if self._on_first is not None:
-            self._on_first(signum)
+            # Only a message (e.g. to a stderr that is a closed pipe): the watcher must live
+            # on whatever it raises, or the second signal would go unheard.
+            with contextlib.suppress(Exception):
+                self._on_first(signum)
 
 
 def _ignore(signum, frame) -> None:

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from clipclop_jax.augment import AugmentConfig, random_augment
-from clipclop_jax.config import CollageConfig, OptimConfig, _check_range
+from clipclop_jax.config import CollageConfig, OptimConfig, _check_range, check_field_types
 from clipclop_jax.library import PatchLibrary
 from clipclop_jax.params import Collage, CollageParams
 from clipclop_jax.render import render
@@ -38,6 +38,7 @@ class RegionConfig:
     global_weight: float = 1.8
 
     def __post_init__(self):
+        check_field_types(self)
         _check_range("rows", self.rows, 0, 16)
         _check_range("cols", self.cols, 0, 16)
         if (self.rows == 0) != (self.cols == 0):
@@ -149,7 +150,9 @@ def make_collage_loss(
         for r, (top, left, height, width) in enumerate(boxes):
             region = image[top : top + height, left : left + width]
             crops.append(views(jax.random.fold_in(key, r + 1), region, per_region))
-        embeddings = perceptor.embed_images(guidance.clip_params, jnp.concatenate(crops))
+        embeddings = perceptor.embed_images(
+            guidance.clip_params, jnp.concatenate(crops), normalize=optim.normalize_input
+        )
         value = prompt_loss(embeddings[:num_crops], guidance)
         if boxes:
             value = regions.global_weight * value + region_loss(

@@ -127,10 +127,15 @@ def build_library(
       A ``BuildReport``.
 
     Raises:
-      BuildError, SourceError (both ``ValueError``): bad options, unreadable sources, or no
-        patch survived; nothing is left at ``out`` (an existing file there is kept).
+      BuildError, SourceError (both ``ValueError``): bad options (such as ``out`` or
+        ``preview`` a folder: checked before any work), unreadable sources, or no patch
+        survived; nothing is left at ``out`` (an existing file there is kept).
     """
     _check_options(side, max_patches, selection, max_source_side, feather, dedupe_threshold)
+    # Checked now: the rename over a folder would fail only after the whole build.
+    _check_destination(out, "out")
+    if preview is not None:
+        _check_destination(preview, "preview")
     segmenter = make_segmenter(segmentation, **dict(segmentation_options or {}))
     stream = open_sources(sources, data_dir=data_dir, image_key=image_key)
     out = os.fspath(out)
@@ -195,6 +200,19 @@ def build_library(
         tuple(skipped),
         os.fspath(preview) if preview is not None else None,
     )
+
+
+def _check_destination(path, what: str) -> None:
+    name = os.fspath(path)
+    if not name.strip():
+        raise BuildError(f"{what} is empty: give the file to write.")
+    if os.path.isdir(name):
+        raise BuildError(f"{what} {name!r} is a folder: give a file path to write, not a folder.")
+    parent = os.path.dirname(os.path.abspath(name))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise BuildError(f"{what} {name!r} cannot be written: {parent!r} is a file, not a folder.")
 
 
 def _check_options(side, max_patches, selection, max_source_side, feather, dedupe) -> None:

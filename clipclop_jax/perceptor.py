@@ -13,7 +13,9 @@ Three sources (``load_perceptor``):
 * a Hugging Face hub name such as ``openai/clip-vit-base-patch32``: needs the Flax weights in
   the local HF cache (downloaded on first use where there is internet).
 * a local folder written by ``FlaxCLIPModel.save_pretrained`` and
-  ``CLIPTokenizer.save_pretrained`` (plus, optionally, ``CLIPImageProcessor``).
+  ``CLIPTokenizer.save_pretrained`` (plus, optionally, ``CLIPImageProcessor``); a folder with
+  PyTorch weights only (``model.safetensors`` or ``pytorch_model.bin``, as most hub
+  checkpoints) is converted to Flax once and cached (``converted_weights``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ import flax.linen
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from clipclop_jax import converted_weights
 
 DEMO = "demo"
 # OpenAI CLIP's normalisation, used when a checkpoint has no preprocessor config.
@@ -87,7 +91,8 @@ class Perceptor:
     Attributes:
       name: what it was loaded from ("demo", a hub name or a folder).
       image_size: side in pixels of the vision tower's square input.
-      mean, std: per-channel RGB normalisation applied to [0, 1] pixels.
+      mean, std: per-channel RGB normalisation applied to [0, 1] pixels (unless
+        ``embed_images`` is told not to: ``OptimConfig.normalize_input``).
       params: the CLIP weights pytree; pass it into jitted code as an argument.
       embed_dim: D, the joint embedding size.
       max_text_tokens: the most tokens a prompt may have, start and end tokens included
@@ -172,17 +177,20 @@ class Perceptor:
         ids, mask = self.tokenize(texts)
         return self._text_fn(self.params, jnp.asarray(ids), jnp.asarray(mask))
 
-    def embed_images(self, params: Any, images: jax.Array) -> jax.Array:
+    def embed_images(self, params: Any, images: jax.Array, *, normalize: bool = True) -> jax.Array:
         """Embeds images; pure in ``params`` and differentiable in ``images``.
 
         Images are resized (antialiased, aspect not kept: crop first to keep it) to
-        ``image_size``, normalised with ``mean``/``std`` and run through the vision tower and
-        projection. Only the ``params`` argument is read, so
+        ``image_size``, normalised with ``mean``/``std`` (unless ``normalize`` is False) and
+        run through the vision tower and projection. Only the ``params`` argument is read, so
         ``jax.jit(lambda p, x: perceptor.embed_images(p, x))`` compiles once per image shape.
 
         Args:
           params: the CLIP weights, ``perceptor.params`` (or a same-shaped pytree).
           images: [B, H, W, 3] float32 RGB in [0, 1], any H, W.
+          normalize: False feeds the [0, 1] pixels to the vision tower as they are, as the
+            original CLIP-CLOP did by default (``use_normalized_clip: False``); a static
+            setting (``OptimConfig.normalize_input``).
 
         Returns:
           [B, D] float32, L2-normalised rows.
@@ -194,9 +202,11 @@ class Perceptor:
         images = images.astype(jnp.float32)
         if images.shape[1:3] != (size, size):
             images = jax.image.resize(images, (batch, size, size, 3), "linear", antialias=True)
-        mean = jnp.asarray(self.mean, jnp.float32).reshape(1, 1, 1, 3)
-        std = jnp.asarray(self.std, jnp.float32).reshape(1, 1, 1, 3)
-        pixels = (images - mean) / std
+        pixels = images
+        if normalize:
+            mean = jnp.asarray(self.mean, jnp.float32).reshape(1, 1, 1, 3)
+            std = jnp.asarray(self.std, jnp.float32).reshape(1, 1, 1, 3)
+            pixels = (images - mean) / std
         with flax.linen.intercept_methods(_patch_conv_as_matmul):
             features = self.module.apply({"params": params}, pixels, method=_image_method)
         return _normalise(features.astype(jnp.float32))
@@ -274,14 +284,28 @@ def _first_line(error: BaseException) -> str:
     return text[0][:160] if text else type(error).__name__
 
 
+def _require_ftfy() -> None:
+    """CLIP's tokenizer cleans text with ``ftfy.fix_text``; transformers silently falls back
+    to another cleaner without it, which tokenises Chinese, Japanese, control characters and
+    mis-decoded text differently (other embeddings than the model was trained on)."""
+    try:
+        import ftfy  # noqa: F401
+    except ImportError:
+        raise PerceptorError(
+            "the Python package ftfy is missing; CLIP's tokenizer needs it: pip install ftfy."
+        ) from None
+
+
 def load_perceptor(name_or_path: str = DEMO, *, dtype: Any = jnp.float32) -> Perceptor:
     """Loads a CLIP model as a ``Perceptor``.
 
     Args:
       name_or_path: "demo" (the bundled model), a Hugging Face hub name
         ("openai/clip-vit-base-patch32", "openai/clip-vit-base-patch16",
-        "openai/clip-vit-large-patch14", ...) or a local save_pretrained folder with Flax
-        weights (flax_model.msgpack) and a CLIP tokenizer.
+        "openai/clip-vit-large-patch14", ...) or a local save_pretrained folder with a
+        CLIP tokenizer and Flax weights (flax_model.msgpack) or PyTorch weights
+        (model.safetensors or pytorch_model.bin, converted once and cached; a line is
+        logged to the ``clipclop_jax`` logger).
       dtype: computation dtype of the towers (float32; bfloat16 on accelerators). The
         weights are stored float32 either way and the embeddings are float32.
 
@@ -293,6 +317,7 @@ def load_perceptor(name_or_path: str = DEMO, *, dtype: Any = jnp.float32) -> Per
     """
     from transformers import CLIPImageProcessor, CLIPTokenizer, FlaxCLIPModel
 
+    _require_ftfy()
     is_demo = name_or_path == DEMO
     source = str(demo_model_path()) if is_demo else os.fspath(name_or_path)
     is_folder = os.path.isdir(source)
@@ -303,16 +328,24 @@ def load_perceptor(name_or_path: str = DEMO, *, dtype: Any = jnp.float32) -> Per
             f"CLIP model folder {source!r} does not exist or is not a folder; pass a "
             "save_pretrained folder, a hub name such as openai/clip-vit-base-patch32, or demo."
         )
-    if is_folder and not os.path.exists(os.path.join(source, "flax_model.msgpack")):
-        raise PerceptorError(
-            f"{source!r} has no flax_model.msgpack: save it with FlaxCLIPModel.save_pretrained "
-            "(FlaxCLIPModel.from_pretrained(folder, from_pt=True) converts PyTorch weights)."
-        )
+    weights = source
+    if is_folder and not os.path.exists(os.path.join(source, converted_weights.FLAX_WEIGHTS)):
+        with _quiet_transformers():
+            try:
+                converted = converted_weights.flax_folder(source)
+            except converted_weights.ConversionError as error:
+                raise PerceptorError(str(error)) from None
+        if converted is None:
+            raise PerceptorError(
+                f"{source!r} has no CLIP weights (flax_model.msgpack, model.safetensors or "
+                "pytorch_model.bin): pass a save_pretrained folder."
+            )
+        weights = os.fspath(converted)
     with _quiet_transformers():
         try:
             # _do_init=False skips a random initialisation of every weight (seconds for
             # ViT-B) that the checkpoint would overwrite anyway.
-            model, params = FlaxCLIPModel.from_pretrained(source, _do_init=False, dtype=dtype)
+            model, params = FlaxCLIPModel.from_pretrained(weights, _do_init=False, dtype=dtype)
             tokenizer = CLIPTokenizer.from_pretrained(source)
         except (OSError, ValueError) as error:
             if is_folder:
@@ -325,6 +358,8 @@ def load_perceptor(name_or_path: str = DEMO, *, dtype: Any = jnp.float32) -> Per
             mean, std = tuple(processor.image_mean), tuple(processor.image_std)
         except (OSError, ValueError):
             mean, std = OPENAI_MEAN, OPENAI_STD
+    if getattr(tokenizer, "fix_text", None) is None:
+        raise PerceptorError(f"the tokenizer of {source!r} does not clean text with ftfy.")
     # Checkpoints may hold float16 (the demo does, to stay small): compute from float32.
     params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
     config = model.config

@@ -350,7 +350,11 @@ def test_config_lists_become_tuples():
         ({"crop_scale": (0.0, 0.5)}, r"^crop_scale=\(0\.0, 0\.5\) is out of range"),
         ({"crop_scale": (0.5, 1.2)}, r"^crop_scale=\(0\.5, 1\.2\) is out of range"),
         ({"crop_ratio": (2.0, 1.0)}, r"^crop_ratio=\(2\.0, 1\.0\) is out of range: use 0 <"),
-        ({"crop_ratio": (0.5,)}, r"^crop_ratio=\(0\.5,\) is not a pair: use \(min, max\)"),
+        (
+            {"crop_ratio": (0.5,)},
+            r"^AugmentConfig\.crop_ratio=\(0\.5,\) has the wrong type \(tuple\): expected a "
+            r"pair \(float, float\)",
+        ),
         ({"fill": float("nan")}, r"^fill=nan is out of range: use a finite number"),
     ],
 )

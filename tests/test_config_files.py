@@ -132,3 +132,50 @@ def test_a_collage_png_carries_its_config(tmp_path):
     save_png(tmp_path / "plain.png", np.zeros((4, 4, 3)))
     with pytest.raises(ValueError, match="carries no clipclop config"):
         config_files.load_config_file(tmp_path / "plain.png")
+
+
+@pytest.mark.parametrize(
+    "command, data",
+    [
+        ("config", "prompt: café\n".encode("latin-1")),
+        ("config", b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe binary"),
+        ("batch", "a café\n".encode("latin-1")),
+    ],
+)
+def test_a_file_that_is_not_utf8_is_named_in_one_line(tmp_path, capsys, command, data):
+    path = tmp_path / ("run.yaml" if command == "config" else "prompts.txt")
+    path.write_bytes(data)
+    out = tmp_path / "out"
+    if command == "config":
+        argv = ["generate", "--out", str(out), "--config", str(path)]
+        what = "a config file must be saved as UTF-8"
+    else:
+        argv = ["batch", str(path), "--out", str(out)]
+        what = "a prompts file must be saved as UTF-8"
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert f"clipclop: error: {path} is not UTF-8 text" in err and what in err, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["generate", "a cat", "--out", ""],
+        ["batch", "prompts.txt", "--out", " "],
+        ["patches", "build", "photos", "--out", ""],
+    ],
+)
+def test_an_empty_out_is_one_line(capsys, argv):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "clipclop: error: --out is empty: give the output path, e.g. --out runs/cat."
+
+
+def test_the_originals_unnormalised_clip_input_is_a_setting():
+    args = build_parser().parse_args(
+        ["generate", "x", "--out", "o", "--set", "optim.normalize_input=false"]
+    )
+    assert config_from_args(args).optim.normalize_input is False
+    assert GenerateConfig().optim.normalize_input is True

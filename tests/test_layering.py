@@ -29,6 +29,7 @@ LAYERS = [
     "blend",
     "augment",
     "demo_data",
+    "converted_weights",
     "perceptor",
     "prompts",
     "evolution",

@@ -23,8 +23,9 @@ class MeanColourPerceptor:
 
     image_size: int = 8
 
-    def embed_images(self, params, images):
-        mean = jnp.mean(images, axis=(1, 2)) + params
+    def embed_images(self, params, images, *, normalize=True):
+        # "Normalised" pixels here: shifted by one, so a test can tell which were fed.
+        mean = jnp.mean(images, axis=(1, 2)) + params - (1.0 if normalize else 0.0)
         return mean / jnp.linalg.norm(mean, axis=-1, keepdims=True)
 
 
@@ -57,7 +58,8 @@ def test_bad_region_config_is_one_line(bad):
     assert "\n" not in str(error.value)
 
 
-def test_region_loss_adds_each_regions_weighted_similarity():
+@pytest.mark.parametrize("normalize_input", [True, False])
+def test_region_loss_adds_each_regions_weighted_similarity(normalize_input):
     config = CollageConfig(canvas_height=32, canvas_width=32, num_patches=6)
     rng = np.random.default_rng(0)
     rgba = rng.uniform(size=(4, 16, 16, 4)).astype(np.float32)
@@ -78,7 +80,7 @@ def test_region_loss_adds_each_regions_weighted_similarity():
         region_embeddings=jnp.asarray(region_texts, jnp.float32),
         region_weights=jnp.asarray([0.2, 0.4, 0.0, 1.0], jnp.float32),
     )
-    optim = OptimConfig(num_crops=1, use_augmentations=False)
+    optim = OptimConfig(num_crops=1, use_augmentations=False, normalize_input=normalize_input)
     loss = make_collage_loss(config, MeanColourPerceptor(), optim, AugmentConfig(), regions)
 
     value, image = loss(collage.params, collage.patch_index, jax.random.key(0), guidance)
@@ -87,7 +89,7 @@ def test_region_loss_adds_each_regions_weighted_similarity():
 
     def embed(view):
         # The resize to 8 x 8 (antialiased, linear, an exact 4x box here) keeps the mean.
-        return _unit(view.mean(axis=(0, 1)) + 0.1)
+        return _unit(view.mean(axis=(0, 1)) + 0.1 - (1.0 if normalize_input else 0.0))
 
     expected = -1.5 * (texts @ embed(image)) @ np.array([1.0, -0.5])
     for (top, left, h, w), text, weight in zip(

@@ -118,7 +118,7 @@ def test_hsv_to_rgb_matches_colorsys():
         (dict(num_patches=0), "num_patches=0 is out of range"),
         (dict(min_scale=2.0, max_scale=1.0), "min_scale=2.0 > max_scale=1.0"),
         (dict(min_squeeze=0.0), "min_squeeze=0.0 must be > 0"),
-        (dict(canvas_height=float("nan")), "canvas_height=nan is out of range"),
+        (dict(canvas_height=float("nan")), "canvas_height=nan has the wrong type (float)"),
     ],
 )
 def test_impossible_collage_config_names_field_and_range(kwargs, message):

@@ -257,6 +257,23 @@ def test_failure_mid_build_leaves_nothing_at_out(photos, tmp_path):
     assert os.listdir(fresh.parent) == []
 
 
+@pytest.mark.parametrize("target", ["out", "preview"])
+def test_a_folder_as_destination_is_refused_before_the_build(photos, tmp_path, target):
+    folder = tmp_path / "already-here.npz"
+    folder.mkdir()
+    (folder / "mine.txt").write_text("keep me")
+    out = folder if target == "out" else tmp_path / "lib.npz"
+    preview = folder if target == "preview" else None
+    seen = []
+    with pytest.raises(patch_maker.BuildError, match=f"{target} '{folder}' is a folder"):
+        patch_maker.build_library(
+            photos, out, preview=preview, progress_fn=lambda done, total: seen.append(done)
+        )
+    assert seen == []  # no image was read
+    assert sorted(os.listdir(tmp_path)) == ["already-here.npz"]
+    assert os.listdir(folder) == ["mine.txt"]
+
+
 def test_bad_options_and_sources_are_one_line_errors(tmp_path):
     with pytest.raises(SourceError, match="does not exist"):
         patch_maker.build_library(tmp_path / "missing", tmp_path / "x.npz")

@@ -192,3 +192,50 @@ def test_embed_images_has_no_convolution(demo, images):
     jaxpr = jax.make_jaxpr(lambda x: demo.embed_images(demo.params, x))(images)
     assert "conv_general_dilated" not in str(jaxpr)
     assert "dot_general" in str(jaxpr)
+
+
+@pytest.mark.parametrize("raw", ["cafÃ©", "donâ€™t", "ａ ｒｅｄ ｃｉｒｃｌｅ", "a red\x07 circle"])
+def test_prompts_are_cleaned_with_ftfy_as_clip_expects(demo, raw):
+    import ftfy
+
+    fixed = ftfy.fix_text(raw)
+    assert fixed != raw
+    ids, mask = demo.tokenize([raw, fixed])
+    np.testing.assert_array_equal(ids[0], ids[1])
+    np.testing.assert_array_equal(mask[0], mask[1])
+
+
+def test_without_ftfy_loading_says_to_install_it():
+    code = (
+        "import sys\n"
+        "sys.modules['ftfy'] = None  # as if not installed\n"
+        "from clipclop_jax.perceptor import load_perceptor, PerceptorError\n"
+        "try:\n"
+        "    load_perceptor('demo')\n"
+        "except PerceptorError as e:\n"
+        "    print('ERROR:' + str(e))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "ERROR:the Python package ftfy is missing" in run.stdout, run.stdout + run.stderr
+    assert "pip install ftfy" in run.stdout
+
+
+def test_normalize_false_feeds_the_raw_pixels(demo, images):
+    """As the original's default (use_normalized_clip: False): against a direct computation."""
+    size = demo.image_size
+    resized = np.asarray(jax.image.resize(images, (3, size, size, 3), "linear", antialias=True))
+
+    def direct(pixels):
+        pooled = demo.module.apply(
+            {"params": demo.params},
+            pixels,
+            method=lambda m, x: m.visual_projection(m.vision_model(pixel_values=x)[1]),
+        )
+        return pooled / np.linalg.norm(pooled, axis=-1, keepdims=True)
+
+    raw = demo.embed_images(demo.params, images, normalize=False)
+    normalised = demo.embed_images(demo.params, images)
+    mean, std = np.asarray(demo.mean), np.asarray(demo.std)
+    np.testing.assert_allclose(raw, direct(resized), atol=1e-5)
+    np.testing.assert_allclose(normalised, direct((resized - mean) / std), atol=1e-5)
+    assert not np.allclose(raw, normalised, atol=1e-3)

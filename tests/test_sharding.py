@@ -185,3 +185,49 @@ def test_a_process_with_one_device_gives_the_eight_device_run(tmp_path):
     np.testing.assert_array_equal(one["patch_index"], eight.collage.patch_index)
     for i, field in enumerate(eight.collage.params):
         np.testing.assert_array_equal(one[f"arr_{i}"], field)
+
+
+# The default settings: a 224 x 224 canvas, 100 patches, 4 augmented crops, evolution. Two
+# steps in two chunks, so the second chunk starts from the first one's Adam update.
+DEFAULT_RUN = """
+import sys
+import jax
+
+jax.config.update("jax_num_cpu_devices", int(sys.argv[2]))
+import numpy as np
+from test_evolution import demo_resources
+
+from clipclop_jax import generate
+from clipclop_jax.api import GenerateConfig
+from clipclop_jax.config import OptimConfig
+
+config = GenerateConfig(
+    prompt="a green square", population=8, seed=1, optim=OptimConfig(steps=2, chunk_steps=1)
+)
+result = generate(config, resources=demo_resources(config.patches))
+np.savez(sys.argv[1], *result.collage.params, history=result.history, image=result.image)
+"""
+# XLA:CPU contracts a * b + c into one fused multiply-add when both sit in one fusion, and
+# where its fusions end depends on how many collages a device holds; without FMA
+# instructions every program rounds them the same way (docs/devices.md).
+NO_FMA = "--xla_cpu_max_isa=AVX"
+
+
+def test_the_default_settings_give_one_collage_on_one_device_or_eight(tmp_path):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), *sys.path]), XLA_FLAGS=NO_FMA)
+    runs = {
+        count: subprocess.Popen(
+            [sys.executable, "-c", DEFAULT_RUN, str(tmp_path / f"{count}.npz"), str(count)],
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for count in (1, 8)
+    }
+    for process in runs.values():
+        _, stderr = process.communicate(timeout=600)
+        assert process.returncode == 0, stderr[-3000:]
+    one, eight = np.load(tmp_path / "1.npz"), np.load(tmp_path / "8.npz")
+    assert one["history"].shape == (2, 8)
+    for name in one.files:
+        np.testing.assert_array_equal(one[name], eight[name], err_msg=name)

@@ -38,6 +38,7 @@ LAYERS = [
     "config_files",
     "video",
     "checkpoint",
+    "preflight",
     "api",
     "tiled",
     "batch",

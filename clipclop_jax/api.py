@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -16,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from clipclop_jax import checkpoint, io, safe_npy, sharding, video, xla_options
+from clipclop_jax import checkpoint, io, preflight, safe_npy, sharding, video, xla_options
 from clipclop_jax.augment import AugmentConfig
 from clipclop_jax.background import make_background, parse_colour
 from clipclop_jax.blend import BLEND_MODES, blend_collage
@@ -32,7 +33,7 @@ from clipclop_jax.config import (
 from clipclop_jax.config_files import PNG_CONFIG_KEY
 from clipclop_jax.evolution import EvolutionConfig
 from clipclop_jax.hires import render_high_res
-from clipclop_jax.interrupt import RunInterrupted
+from clipclop_jax.interrupt import FinalRenderError, RunInterrupted
 from clipclop_jax.library import BUILTIN, Library, LibraryError, PatchLibrary, load_library
 from clipclop_jax.objective import (
     DEFAULT_REGION_WEIGHT,
@@ -241,8 +242,12 @@ class Resources:
 
 
 def load_resources(config: GenerateConfig) -> Resources:
-    """The run's CLIP model and patch library (``load_patch_library``)."""
-    return Resources(load_perceptor(config.model), load_patch_library(config))
+    """The run's CLIP model and patch library (``load_patch_library``).
+
+    The library loads first, so that a problem with it shows before the (slow) model loads.
+    """
+    library = load_patch_library(config)
+    return Resources(load_perceptor(config.model), library)
 
 
 def load_patch_library(config: GenerateConfig) -> Library:
@@ -344,25 +349,39 @@ def generate(
 
     Raises:
       RunInterrupted: ``should_stop`` asked to stop; ``resume(out_dir)`` continues the run.
-      ValueError: ``config.tiles`` is set: use ``tiled.generate_tiled``.
+      ValueError: ``config.tiles`` is set: use ``tiled.generate_tiled``; a check made
+        before loading failed (``preflight.check_run``: prompts, patch library, background,
+        memory); or every loss of the run was NaN or infinite.
     """
     if config.tiles is not None:
         raise ValueError("config.tiles is set: make tiled collages with tiled.generate_tiled.")
     config = with_absolute_paths(config)
-    if out_dir is not None:
-        out_dir = os.fspath(out_dir)
-        video.check_video_support(gif=config.output.gif, mp4=config.output.mp4)
-        checkpoint.prepare_output_folder(
-            out_dir, overwrite=overwrite, needed_bytes=estimate_output_bytes(config)
+    preflight.check_run(config)
+    created = out_dir is not None and not os.path.exists(out_dir)
+    try:
+        if out_dir is not None:
+            out_dir = os.fspath(out_dir)
+            video.check_video_support(gif=config.output.gif, mp4=config.output.mp4)
+            checkpoint.prepare_output_folder(
+                out_dir, overwrite=overwrite, needed_bytes=estimate_output_bytes(config)
+            )
+        resources = resources or load_resources(config)
+        run = _prepare(config, resources, canvas_background)
+        if out_dir is not None:
+            # Only now: a typo in the patches or background leaves the folder empty for a retry.
+            config_path = os.path.join(out_dir, checkpoint.CONFIG_FILE)
+            io.atomic_write_bytes(config_path, _config_json(config))
+        population = initial_population(
+            run.population_key, config, resources.perceptor, run.guidance
         )
-    resources = resources or load_resources(config)
-    run = _prepare(config, resources, canvas_background)
-    if out_dir is not None:
-        # Only now: a typo in the patches or background leaves the folder empty for a retry.
-        io.atomic_write_bytes(os.path.join(out_dir, checkpoint.CONFIG_FILE), _config_json(config))
-    population = initial_population(run.population_key, config, resources.perceptor, run.guidance)
-    state = init_state(run.run_key, population, make_optimizer(config.optim))
-    return _run(config, resources, run, state, None, out_dir, progress_fn, should_stop)
+        state = init_state(run.run_key, population, make_optimizer(config.optim))
+        return _run(config, resources, run, state, None, out_dir, progress_fn, should_stop)
+    except BaseException:
+        if created:
+            # A folder this call made and nothing was written to goes; a user's never does.
+            with contextlib.suppress(OSError):
+                os.rmdir(out_dir)
+        raise
 
 
 def resume(
@@ -445,8 +464,7 @@ def _prepare(
     """The run's guidance (CLIP weights, prompts, library, background), keys and mesh."""
     perceptor, library = resources.perceptor, resources.library
     prompts = parse_prompts(config.prompt)
-    key = jax.random.key(config.seed)
-    background_key, population_key, run_key = jax.random.split(key, 3)
+    background_key, population_key, run_key = run_keys(config.seed)
     if canvas_background is None:
         background = make_background(
             config.background, *config.collage.canvas_shape, key=background_key
@@ -468,6 +486,12 @@ def _prepare(
     )
     mesh = sharding.mesh_for_population(config.population, config.num_devices)
     return _Run(guidance, background, background_key, population_key, run_key, mesh)
+
+
+def run_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The run's background, population and step keys, split from ``key(seed)``."""
+    background_key, population_key, run_key = jax.random.split(jax.random.key(seed), 3)
+    return background_key, population_key, run_key
 
 
 def region_guidance(config: GenerateConfig, perceptor: Perceptor) -> dict[str, jax.Array]:
@@ -517,22 +541,50 @@ def _run(
         after_chunk=None if files is None else files.after_chunk,
         should_stop=should_stop,
     )
-    result = best_result(config, resources, state, history, run.background_key)
+    if config.optim.steps == 0 and not bool(jnp.isfinite(state.best_loss)):
+        state = score_unstepped(config, resources.perceptor, run.guidance, state)
     step = int(state.step)
-    if step < config.optim.steps:
-        saved = None if files is None else files.save(state, history, result)
+    finished = step >= config.optim.steps
+    scored = bool(jnp.isfinite(state.best_loss))
+    if finished and not scored:
+        raise ValueError(
+            f"every loss of this run was NaN or infinite ({step} steps x {config.population} "
+            "collages), so no collage was scored: lower the learning rates, check the prompt "
+            "weights and background, or try another seed."
+        )
+    if files is None:
+        result = best_result(config, resources, state, history, run.background_key)
+    else:
+        saved, result = files.save(state, history)
+    if not finished:
         raise RunInterrupted(
             step,
             config.optim.steps,
             out_dir=out_dir,
-            checkpoint=saved,
-            collage=None if files is None else os.path.join(out_dir, checkpoint.COLLAGE_FILE),
+            checkpoint=None if files is None else saved,
+            collage=None
+            if files is None or not scored
+            else os.path.join(out_dir, checkpoint.COLLAGE_FILE),
             result=result._replace(out_dir=out_dir),
         )
     if files is not None:
-        files.finish(state, history, result)
+        files.finish_videos(state)
         result = result._replace(out_dir=out_dir)
     return result
+
+
+def score_unstepped(
+    config: GenerateConfig, perceptor: Perceptor, guidance: Guidance, state: RunState
+) -> RunState:
+    """A run of 0 steps: its population scored once (the plain render, as the initial
+    search scores), so that the collage it writes has a real loss."""
+    losses = plain_losses(config, perceptor, guidance, state.population)
+    best = int(np.argmin(losses))
+    return state._replace(
+        losses=jnp.asarray(losses, jnp.float32),
+        best=take(state.population, best),
+        best_loss=jnp.asarray(losses[best], jnp.float32),
+    )
 
 
 def best_result(
@@ -554,7 +606,14 @@ def final_image(
     """One collage at ``config.output_shape()`` from the high-resolution patches, blended
     when ``config.blend`` asks for it."""
     height, width = config.output_shape()
-    background = make_background(config.background, height, width, key=background_key)
+    # The background the collage was optimised over, enlarged (a noise field is the same one).
+    background = make_background(
+        config.background,
+        height,
+        width,
+        key=background_key,
+        field_shape=config.collage.canvas_shape,
+    )
     if config.blend == "none":
         return render_high_res(collage, library.high, background, config.collage, height, width)
     image, _ = blend_collage(
@@ -602,8 +661,7 @@ def blend_run(
             f"the patch library {config.patches!r} is not the one this run used (fingerprint "
             f"{library.fingerprint} != {fingerprint}): restore that library."
         )
-    background_key = jax.random.split(jax.random.key(config.seed), 3)[0]
-    image = final_image(config, library, collage, background_key)
+    image = final_image(config, library, collage, run_keys(config.seed)[0])
     target = os.path.join(out_dir, f"collage-{mode}.png")
     io.save_png(
         target,
@@ -638,14 +696,19 @@ class _RunFiles:
             self.save_frame(state, step)
         every = output.checkpoint_every
         if every and step // every > previous // every and step < self.config.optim.steps:
-            history = np.concatenate(rows)
-            result = best_result(
-                self.config, self.resources, state, history, self.run.background_key
-            )
-            self.save(state, history, result)
+            self.save(state, np.concatenate(rows))
 
-    def save(self, state: RunState, history: np.ndarray, result: GenerateResult) -> str:
-        """A checkpoint (unless this step has one) and the best collage so far."""
+    def save(self, state: RunState, history: np.ndarray) -> tuple[str, GenerateResult]:
+        """A checkpoint (unless this step has one), then the best collage so far.
+
+        The checkpoint and ``params.npz`` are on disk before the final render starts, so a
+        render that fails (e.g. out of memory at a huge output size) loses nothing: the
+        render can be redone from them (``blend_run``, ``resume``). Before any collage has
+        been scored only the checkpoint is written.
+
+        Returns:
+          The checkpoint's path and the best collage's ``GenerateResult``.
+        """
         step = int(state.step)
         path = checkpoint.checkpoint_path(self.out_dir, step)
         if step != self.saved_step:
@@ -659,8 +722,25 @@ class _RunFiles:
                 keep=self.config.output.keep_checkpoints,
             )
             self.saved_step = step
-        write_outputs(self.out_dir, self.config, result, self.resources.library)
-        return path
+        best, loss = best_collage(state), float(state.best_loss)
+        scored = bool(np.isfinite(loss))
+        if scored:
+            write_params(self.out_dir, self.config, best, loss, self.resources.library)
+        try:
+            image = final_image(self.config, self.resources.library, best, self.run.background_key)
+        except Exception as error:
+            height, width = self.config.output_shape()
+            params = os.path.join(self.out_dir, checkpoint.PARAMS_FILE)
+            raise FinalRenderError(
+                f"{width}x{height}",
+                error,
+                out_dir=self.out_dir,
+                saved=[params, path] if scored else [path],
+            ) from error
+        result = GenerateResult(image, best, loss, history, None)
+        if scored:
+            write_image(self.out_dir, self.config, image)
+        return path, result
 
     def save_frame(self, state: RunState, step: int) -> None:
         """The best collage as CLIP sees it (canvas size, low-res library)."""
@@ -675,9 +755,8 @@ class _RunFiles:
         )
         video.save_frame(os.path.join(self.out_dir, checkpoint.FRAME_DIR), step, image)
 
-    def finish(self, state: RunState, history: np.ndarray, result: GenerateResult) -> None:
-        """The final checkpoint, collage and videos."""
-        self.save(state, history, result)
+    def finish_videos(self, state: RunState) -> None:
+        """The last frame and the videos, once the final collage is saved."""
         output, step = self.config.output, int(state.step)
         if not self.frames:
             return
@@ -803,6 +882,17 @@ def initial_population(
     candidates = random_population(key, config.collage, num_library, size * search)
     if search == 1:
         return candidates
+    losses = plain_losses(config, perceptor, guidance, candidates)
+    best = np.argsort(losses, kind="stable")[:size]
+    return stack([take(candidates, int(i)) for i in best])
+
+
+def plain_losses(
+    config: GenerateConfig, perceptor: Perceptor, guidance: Guidance, collages: Collage
+) -> np.ndarray:
+    """[C] float32 losses of a stack of collages on their plain render (no augmentations),
+    ``config.population`` at a time; NaN becomes +inf."""
+    size = config.population
     no_augment = dataclasses.replace(config.optim, use_augmentations=False)
     loss = make_collage_loss(config.collage, perceptor, no_augment, config.augment, config.regions)
     score = xla_options.jit(
@@ -810,33 +900,41 @@ def initial_population(
             lambda c, g: loss(c.params, c.patch_index, jax.random.key(0), g)[0], in_axes=(0, None)
         )
     )
+    count = collages.patch_index.shape[0]
     losses = np.concatenate(
         [
-            np.asarray(score(take(candidates, slice(i, i + size)), guidance))
-            for i in range(0, size * search, size)
+            np.asarray(score(take(collages, slice(i, i + size)), guidance))
+            for i in range(0, count, size)
         ]
     )
-    losses = np.where(np.isnan(losses), np.inf, losses)
-    best = np.argsort(losses, kind="stable")[:size]
-    return stack([take(candidates, int(i)) for i in best])
+    return np.where(np.isnan(losses), np.inf, losses).astype(np.float32)
 
 
 def write_outputs(
     out_dir: str, config: GenerateConfig, result: GenerateResult, library: Library
 ) -> None:
-    """Writes collage.png (the config in its text chunks), params.npz and config.json
-    atomically."""
+    """Writes params.npz, config.json and collage.png (the config in its text chunks)
+    atomically, the parameters first."""
+    write_params(out_dir, config, result.collage, result.loss, library)
+    write_image(out_dir, config, result.image)
+
+
+def write_params(
+    out_dir: str, config: GenerateConfig, collage: Collage, loss: float, library: Library
+) -> None:
+    """Writes params.npz and config.json atomically: enough to render the collage again."""
     os.makedirs(out_dir, exist_ok=True)
-    config_json = _config_json(config)
+    save_collage(os.path.join(out_dir, checkpoint.PARAMS_FILE), collage, loss, library)
+    io.atomic_write_bytes(os.path.join(out_dir, checkpoint.CONFIG_FILE), _config_json(config))
+
+
+def write_image(out_dir: str, config: GenerateConfig, image: np.ndarray) -> None:
+    """Writes collage.png atomically, the config in its text chunks."""
     io.save_png(
         os.path.join(out_dir, checkpoint.COLLAGE_FILE),
-        result.image,
-        text={PNG_CONFIG_KEY: config_json.decode(), "clipclop_jax_version": __version__},
+        image,
+        text={PNG_CONFIG_KEY: _config_json(config).decode(), "clipclop_jax_version": __version__},
     )
-    save_collage(
-        os.path.join(out_dir, checkpoint.PARAMS_FILE), result.collage, result.loss, library
-    )
-    io.atomic_write_bytes(os.path.join(out_dir, checkpoint.CONFIG_FILE), config_json)
 
 
 def _config_json(config: GenerateConfig) -> bytes:

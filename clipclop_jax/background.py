@@ -1,4 +1,10 @@
-"""Canvas backgrounds: a solid colour, noise, or an image stretched over the canvas."""
+"""Canvas backgrounds: a solid colour, noise, or an image stretched over the canvas.
+
+``make_background`` builds one at any size; ``check_background`` refuses a bad spec before
+anything slow loads. A noise field is drawn once at the size the collage is optimised on
+(``field_shape``) and enlarged for the final render, so the saved picture shows the very
+noise the collage was optimised over.
+"""
 
 from __future__ import annotations
 
@@ -37,14 +43,24 @@ def parse_colour(spec: str) -> tuple[float, float, float] | None:
     return None
 
 
-def make_background(spec: str, height: int, width: int, *, key: jax.Array | None = None):
+def make_background(
+    spec: str,
+    height: int,
+    width: int,
+    *,
+    key: jax.Array | None = None,
+    field_shape: tuple[int, int] | None = None,
+):
     """[H, W, 3] float32 background from a spec.
 
     Args:
       spec: a colour ("black", "white", "#102030", "16,32,48"), "noise" (uniform RGB noise,
         seeded by ``key``), or the path of an image (resized to cover the canvas).
-      height, width: canvas size in pixels.
+      height, width: size in pixels.
       key: PRNG key for "noise".
+      field_shape: (rows, columns) the noise is drawn at, then enlarged to ``height x width``
+        by nearest neighbour: the optimised canvas's shape, so that a final render at any
+        size shows the same field (None: ``(height, width)``).
 
     Raises:
       ValueError: the spec is neither a colour, "noise", nor a readable image.
@@ -54,10 +70,39 @@ def make_background(spec: str, height: int, width: int, *, key: jax.Array | None
         return jnp.broadcast_to(jnp.asarray(colour, jnp.float32), (height, width, 3))
     if spec.strip().lower() == "noise":
         key = jax.random.key(0) if key is None else key
-        return jax.random.uniform(key, (height, width, 3), jnp.float32)
+        rows, cols = (height, width) if field_shape is None else field_shape
+        field = jax.random.uniform(key, (rows, cols, 3), jnp.float32)
+        if (rows, cols) == (height, width):
+            return field
+        # Nearest neighbour keeps every noise value as drawn (an interpolation would blur the
+        # field CLIP saw); each output pixel takes the field pixel its centre falls in.
+        row = (np.arange(height) + 0.5) * rows // height
+        col = (np.arange(width) + 0.5) * cols // width
+        return field[row.astype(np.int32)][:, col.astype(np.int32)]
     if os.path.isfile(spec):
         return jnp.asarray(load_background_image(spec, height, width))
-    raise ValueError(
+    raise ValueError(_not_a_background(spec))
+
+
+def check_background(spec: str) -> None:
+    """Raises the ``make_background`` error for a bad spec without decoding an image.
+
+    Raises:
+      ValueError: the spec is neither a colour, "noise", nor an image file PIL can open.
+    """
+    if parse_colour(spec) is not None or spec.strip().lower() == "noise":
+        return
+    if not os.path.isfile(spec):
+        raise ValueError(_not_a_background(spec))
+    try:
+        with Image.open(spec) as image:
+            image.verify()
+    except (OSError, SyntaxError, Image.DecompressionBombError) as error:
+        raise ValueError(f"background image {spec!r} cannot be read ({error}).") from None
+
+
+def _not_a_background(spec: str) -> str:
+    return (
         f"background {spec!r} is not a colour ('black', '#rrggbb', 'r,g,b'), 'noise', or an "
         "existing image file: pass one of those."
     )

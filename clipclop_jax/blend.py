@@ -66,7 +66,7 @@ def collage_layers(
     their windows (``lax.scan``), so memory stays bounded at any canvas size.
 
     Args:
-      collage: one collage of ``config.num_patches`` patches.
+      collage: one collage, of any number of patches (counted from its arrays).
       library: the patch library the collage was made with (any resolution).
       background: [H, W, 3] float32 in [0, 1], H, W = the config's canvas.
       config: canvas size, render mode, colour space.
@@ -113,9 +113,12 @@ def collage_layers(
         new = jnp.concatenate([old[:sums] + contribution, jnp.stack(layers)], 0)
         return jax.lax.dynamic_update_slice(state, new, start), None
 
-    indices = jnp.arange(config.num_patches, dtype=jnp.int32)
+    num_patches = collage.patch_index.shape[0]
+    indices = jnp.arange(num_patches, dtype=jnp.int32)
     state, _ = jax.lax.scan(draw, state, indices)
-    rendered = composite(jnp.moveaxis(state[:sums], 0, -1), background, config)
+    rendered = composite(
+        jnp.moveaxis(state[:sums], 0, -1), background, config, num_patches=num_patches
+    )
     top = state[sums + 1].astype(jnp.int32)
     under = state[sums + 3].astype(jnp.int32)
     return rendered, Layers(
@@ -267,7 +270,7 @@ def blend_collage(
     Jitted once per config and static option (and inlined when called under another trace).
 
     Args:
-      collage: one collage of ``config.num_patches`` patches (e.g. a saved ``params.npz``).
+      collage: one collage, any number of patches (e.g. a saved ``params.npz``).
       library: the patch library it was made with; any resolution (the high-resolution copy
         with ``config.resized(height, width)`` blends a high-resolution render).
       background: [H, W, 3] float32 in [0, 1] for the config's canvas.

@@ -13,6 +13,7 @@ import sys
 from clipclop_jax.cli_batch import add_batch_parser, run_batch
 from clipclop_jax.cli_options import add_config_options, settings_from_args
 from clipclop_jax.cli_patches import add_patches_parser, run_patches
+from clipclop_jax.interrupt import FinalRenderError
 from clipclop_jax.version import __version__
 
 
@@ -187,7 +188,8 @@ def _report_stop(stopped, signum: int | None) -> None:
     lines = [f"stopped at step {stopped.step} of {stopped.total}{name}."]
     if stopped.checkpoint:
         lines.append(f"checkpoint: {stopped.checkpoint}")
-        lines.append(f"best collage so far: {stopped.collage}")
+        if stopped.collage:  # none before the first collage is scored
+            lines.append(f"best collage so far: {stopped.collage}")
         lines.append(f"continue with: clipclop resume {shlex.quote(stopped.out_dir)}")
     for line in lines:
         print(f"clipclop: {line}", file=sys.stderr)
@@ -230,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
             return run_batch(args)
         if args.command == "patches":
             return run_patches(args)
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError, FinalRenderError) as error:
         # Our errors are one line that names the problem and the fix; say just that.
         message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
         print(f"clipclop: error: {message}", file=sys.stderr)

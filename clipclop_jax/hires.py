@@ -35,7 +35,7 @@ def render_high_res(
     at any output size and time grows with the patches' real area, not the worst case.
 
     Args:
-      collage: one collage of ``config.num_patches`` patches.
+      collage: one collage, of any number of patches (counted from its arrays).
       library: any resolution; uint8 keeps a large library small.
       background: [height, width, 3] float32.
       config: the collage's config (its canvas size is replaced by ``height x width``).
@@ -56,7 +56,8 @@ def render_high_res(
         for start in range(0, len(padded), group):
             part = _take_or_offcanvas(collage, padded[start : start + group])
             sums = sums + _accumulate_fn(config, window, group)(part, library)
-    image = _composite_fn(config)(sums, jnp.asarray(background, jnp.float32))
+    num_patches = len(index)
+    image = _composite_fn(config, num_patches)(sums, jnp.asarray(background, jnp.float32))
     return np.asarray(image)
 
 
@@ -88,7 +89,7 @@ def _window_buckets(collage: Collage, config: CollageConfig, side: int) -> dict:
 
 def _take_or_offcanvas(collage: Collage, members: np.ndarray) -> Collage:
     """The collage's patches ``members``; index -1 is a padding patch far off the canvas,
-    which samples only transparent texels and so adds exactly nothing to the sums."""
+    which samples only outside every texture and so adds exactly nothing to the sums."""
     safe = np.maximum(members, 0)
     part = jax.tree.map(lambda leaf: jnp.asarray(np.asarray(leaf)[safe]), collage)
     away = jnp.asarray(members < 0)[:, None]
@@ -106,5 +107,7 @@ def _accumulate_fn(config: CollageConfig, window: tuple[int, int], size: int):
 
 
 @functools.cache
-def _composite_fn(config: CollageConfig):
-    return xla_options.jit(lambda sums, background: composite(sums, background, config))
+def _composite_fn(config: CollageConfig, num_patches: int):
+    return xla_options.jit(
+        lambda sums, background: composite(sums, background, config, num_patches=num_patches)
+    )

@@ -46,6 +46,26 @@ class RunInterrupted(Exception):  # noqa: N818 (an outcome, not an error)
         self.result = result
 
 
+class FinalRenderError(RuntimeError):
+    """The final render failed (e.g. out of memory) after the run's state was saved.
+
+    Attributes:
+      out_dir: the run's folder.
+      saved: the files that hold the optimised collage (params.npz, the checkpoint).
+    """
+
+    def __init__(self, size: str, error: BaseException, *, out_dir: str, saved: Sequence[str]):
+        reason = (str(error).strip().splitlines() or [""])[0]
+        super().__init__(
+            f"the final render at {size} failed ({type(error).__name__}: {reason}); the "
+            f"optimised collage is safe in {' and '.join(saved)}: lower output_size in "
+            f"{os.path.join(out_dir, 'config.json')} and run `clipclop blend {out_dir}`, or "
+            f"run `clipclop resume {out_dir}` on a machine with more memory."
+        )
+        self.out_dir = out_dir
+        self.saved = list(saved)
+
+
 class StopOnSignal:
     """Context manager: the first SIGINT/SIGTERM asks the run to stop, the second exits.
 

@@ -154,8 +154,9 @@ class Perceptor:
                 tokens = self.tokenizer(text)["input_ids"]
             if len(tokens) > self.max_text_tokens:
                 shown = text if len(text) <= 60 else text[:57] + "..."
+                # Numbered from 1, as in every prompt message.
                 raise PromptError(
-                    f"Prompt {i} ({shown!r}) is {len(tokens)} tokens long but {self.name} "
+                    f"prompt {i + 1} ({shown!r}) is {len(tokens)} tokens long but {self.name} "
                     f"takes at most {self.max_text_tokens}: shorten it."
                 )
             ids[i, : len(tokens)] = tokens

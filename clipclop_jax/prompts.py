@@ -14,9 +14,10 @@ the fix. Embedding the texts is the perceptor's job.
 
 from __future__ import annotations
 
-import math
 import re
 from typing import NamedTuple
+
+import numpy as np
 
 # One exception for every prompt problem, whether caught here or by the text encoder.
 from clipclop_jax.perceptor import PromptError
@@ -36,6 +37,11 @@ _WEIGHT = re.compile(
     r"|inf(?:inity)?|nan))\s*$",
     re.IGNORECASE | re.DOTALL,
 )
+
+
+# Weights multiply cosine similarities in [-1, 1]; the optimiser (Adam) is blind to the loss's
+# scale, so a larger weight only risks float32 overflow in the loss and its gradients.
+MAX_PROMPT_WEIGHT = 1e4
 
 
 class WeightedPrompt(NamedTuple):
@@ -66,7 +72,8 @@ def parse_prompts(spec: str) -> list[WeightedPrompt]:
 
     Raises:
       PromptError: the spec is empty, a prompt between bars is empty or has only a weight,
-        a weight is not finite, or every weight is zero.
+        a weight is not finite or beyond ``MAX_PROMPT_WEIGHT`` in size, or every weight is
+        zero (in float32, as the loss computes them).
     """
     if not spec.strip():
         raise PromptError("the prompt is empty: give at least one prompt, e.g. 'a cat:1'.")
@@ -88,10 +95,13 @@ def parse_prompts(spec: str) -> list[WeightedPrompt]:
             raise PromptError(
                 f"prompt {number} {part!r} has a weight but no text: write the text before ':'."
             )
-        if not math.isfinite(weight):
-            raise PromptError(f"prompt {number} {part!r} has weight {weight}: use a finite number.")
+        if not abs(weight) <= MAX_PROMPT_WEIGHT:  # also refuses nan
+            raise PromptError(
+                f"prompt {number} {part!r} has weight {weight:g}: use a finite weight between "
+                f"{-MAX_PROMPT_WEIGHT:g} and {MAX_PROMPT_WEIGHT:g} (1 or -0.5 are typical)."
+            )
         prompts.append(WeightedPrompt(text, weight))
-    if all(p.weight == 0 for p in prompts):
+    if all(np.float32(p.weight) == 0 for p in prompts):
         raise PromptError(
             f"every prompt weight in {spec!r} is zero: give at least one prompt a non-zero weight."
         )

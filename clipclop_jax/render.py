@@ -38,8 +38,8 @@ def render(
     """Renders one collage.
 
     Args:
-      collage: one collage of ``config.num_patches`` patches (no population axis; vmap for a
-        population).
+      collage: one collage (no population axis; vmap for a population), of any number of
+        patches: the count comes from its arrays, not from ``config.num_patches``.
       library: the patch library (any resolution: geometry is independent of its side).
       background: [H, W, 3] float32 in [0, 1], H, W = the config's canvas.
       config: canvas size, render mode, colour space, ranges.
@@ -56,7 +56,7 @@ def render(
         )
     window = window_shape(config, library.side) if windowed else (height, width)
     sums = accumulate(collage, library, config, window)
-    return composite(sums, background, config)
+    return composite(sums, background, config, num_patches=collage.patch_index.shape[0])
 
 
 def accumulate(
@@ -119,15 +119,25 @@ def patch_contributions(
     return origins, jnp.concatenate(parts, axis=-1)
 
 
-def composite(sums: jax.Array, background: jax.Array, config: CollageConfig) -> jax.Array:
-    """Turns the accumulated sums into the final image over the background."""
+def composite(
+    sums: jax.Array, background: jax.Array, config: CollageConfig, *, num_patches: int
+) -> jax.Array:
+    """Turns the accumulated sums into the final image over the background.
+
+    Args:
+      sums: [H, W, C] from ``accumulate``.
+      background: [H, W, 3] float32.
+      config: render mode and colour options.
+      num_patches: the collage's patch count (for "opacity", every patch adds ``e^-5`` to
+        each pixel's softmax denominator).
+    """
     mode = config.render_mode
     if mode == "transparency":
         image = sums[..., :3]
     elif mode == "masked_transparency":
         image = sums[..., :3] / (sums[..., 3:4] + EPSILON)
     else:
-        missing = config.num_patches * jnp.exp(OPACITY_ZERO_OFFSET)
+        missing = num_patches * jnp.exp(OPACITY_ZERO_OFFSET)
         image = sums[..., :3] / (sums[..., 3:4] + missing)
     if config.invert_colours:
         image = 1.0 - image
@@ -181,11 +191,13 @@ def sample_patches(
 
 
 def sample_bilinear(textures: jax.Array, index: jax.Array, v: jax.Array, u: jax.Array) -> jax.Array:
-    """Samples ``textures[index[n]]`` bilinearly at continuous texel coordinates.
+    """Samples ``textures[index[n]]`` bilinearly at continuous texel coordinates, with zero
+    outside the texture (scipy's ``map_coordinates(order=1, mode="grid-constant")``).
 
-    Coordinates are clamped to the texture, so a texture whose outermost ring of texels is
-    transparent (``PatchLibrary``'s invariant) reads as transparent everywhere outside it.
-    Clamping instead of masking each corner keeps this hot loop to four gathers and a lerp.
+    Each of the four corner texels is weighted by zero when it lies outside the square, so
+    whatever a library's outer ring holds, a patch ends half a texel past its square (the
+    formula of docs/parameters.md) and windows sized for the square are exact. Coordinates
+    are clamped to one texel around the square first: anything further out reads zero too.
 
     Args:
       textures: [P, L, L, C] float32 in [0, 1] or uint8 in [0, 255].
@@ -197,20 +209,26 @@ def sample_bilinear(textures: jax.Array, index: jax.Array, v: jax.Array, u: jax.
     """
     num_textures, side, _, channels = textures.shape
     flat = jax.lax.stop_gradient(textures).reshape(num_textures * side * side, channels)
-    # Clamped samples land exactly on the transparent outer ring (weight 1 on it), and the
-    # 2x2 footprint stays inside the texture (top-left corner <= side - 2).
-    fy = jnp.clip(v - 0.5, 0.0, side - 1.0)
-    fx = jnp.clip(u - 0.5, 0.0, side - 1.0)
-    y0 = jnp.minimum(jnp.floor(fy), side - 2.0)
-    x0 = jnp.minimum(jnp.floor(fx), side - 2.0)
-    wy, wx = (fy - y0)[..., None], (fx - x0)[..., None]
+    # Clamping to [-1, side] keeps the floor (and so the int32 index) small for far-away
+    # samples, which then have both corners outside: weight zero.
+    fy = jnp.clip(v - 0.5, -1.0, float(side))
+    fx = jnp.clip(u - 0.5, -1.0, float(side))
+    y0, x0 = jnp.floor(fy), jnp.floor(fx)
+    wy, wx = fy - y0, fx - x0
+    # Row and column weights of the near (0) and far (1) corner, zero off the square.
+    # (y0 + 1 >= 0 always holds after the clamp.)
+    ry0 = jnp.where((y0 >= 0) & (y0 <= side - 1), 1.0 - wy, 0.0)[..., None]
+    ry1 = jnp.where(y0 + 1 <= side - 1, wy, 0.0)[..., None]
+    cx0 = jnp.where((x0 >= 0) & (x0 <= side - 1), 1.0 - wx, 0.0)[..., None]
+    cx1 = jnp.where(x0 + 1 <= side - 1, wx, 0.0)[..., None]
+    rows0 = jnp.clip(y0, 0, side - 1).astype(jnp.int32) * side
+    rows1 = jnp.clip(y0 + 1, 0, side - 1).astype(jnp.int32) * side
+    cols0 = jnp.clip(x0, 0, side - 1).astype(jnp.int32)
+    cols1 = jnp.clip(x0 + 1, 0, side - 1).astype(jnp.int32)
     base = (index * side * side).reshape(index.shape + (1,) * (v.ndim - 1))
-    corner = base + y0.astype(jnp.int32) * side + x0.astype(jnp.int32)
-    t00, t01 = _as_float(flat[corner]), _as_float(flat[corner + 1])
-    t10, t11 = _as_float(flat[corner + side]), _as_float(flat[corner + side + 1])
-    top = t00 + wx * (t01 - t00)
-    bottom = t10 + wx * (t11 - t10)
-    return top + wy * (bottom - top)
+    t00, t01 = _as_float(flat[base + rows0 + cols0]), _as_float(flat[base + rows0 + cols1])
+    t10, t11 = _as_float(flat[base + rows1 + cols0]), _as_float(flat[base + rows1 + cols1])
+    return ry0 * (cx0 * t00 + cx1 * t01) + ry1 * (cx0 * t10 + cx1 * t11)
 
 
 def _as_float(values: jax.Array) -> jax.Array:

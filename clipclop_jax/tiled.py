@@ -15,6 +15,7 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
+from clipclop_jax import preflight
 from clipclop_jax.api import (
     GenerateConfig,
     GenerateResult,
@@ -22,6 +23,7 @@ from clipclop_jax.api import (
     Resources,
     generate,
     load_resources,
+    run_keys,
     with_absolute_paths,
     write_outputs,
 )
@@ -95,6 +97,7 @@ def generate_tiled(
         raise ValueError("config.tiles is not set: use api.generate for one canvas.")
     grid = TileGrid.parse(config.tiles)
     config = with_absolute_paths(config)
+    preflight.check_run(config)  # per tile; before the model loads
     if out_dir is not None:
         out_dir = os.fspath(out_dir)
         prepare_output_folder(out_dir, overwrite=overwrite, needed_bytes=0)
@@ -108,9 +111,8 @@ def generate_tiled(
         )
     results = []
     steps = config.optim.steps
-    for i, ((row, col), tile) in enumerate(
-        zip(grid.positions(), tile_configs(config), strict=True)
-    ):
+    configs = tile_configs(config)
+    for i, ((row, col), tile) in enumerate(zip(grid.positions(), configs, strict=True)):
         tile_progress = None
         if progress_fn is not None:
 
@@ -134,12 +136,33 @@ def generate_tiled(
     big = assembled_config(config.collage, grid)
     tile_h, tile_w = config.output_shape()
     out_h, out_w = tile_h * grid.rows, tile_w * grid.cols
-    key = jax.random.key(config.seed)
+    # The backgrounds the tiles were optimised over, enlarged: a noise field stays the same.
     if config.background_use == "global":
-        background = make_background(config.background, out_h, out_w, key=key)
+        whole_shape = (height * grid.rows, width * grid.cols)
+        background = make_background(
+            config.background,
+            out_h,
+            out_w,
+            key=jax.random.key(config.seed),
+            field_shape=whole_shape,
+        )
     else:
-        one = np.asarray(make_background(config.background, tile_h, tile_w, key=key))
-        background = np.tile(one, (grid.rows, grid.cols, 1))
+        rows = [
+            [
+                np.asarray(
+                    make_background(
+                        config.background,
+                        tile_h,
+                        tile_w,
+                        key=run_keys(tile.seed)[0],
+                        field_shape=(height, width),
+                    )
+                )
+                for tile in configs[r * grid.cols : (r + 1) * grid.cols]
+            ]
+            for r in range(grid.rows)
+        ]
+        background = np.concatenate([np.concatenate(row, axis=1) for row in rows], axis=0)
     image = render_high_res(collage, resources.library.high, background, big, out_h, out_w)
     loss = float(np.mean([r.loss for r in results]))
     history = np.concatenate([r.history for r in results], axis=1)

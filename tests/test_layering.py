@@ -40,6 +40,7 @@ LAYERS = [
     "config_files",
     "video",
     "checkpoint",
+    "preflight",
     "api",
     "tiled",
     "batch",

@@ -106,7 +106,7 @@ def test_too_long_prompt_raises_one_line_prompt_error(demo):
         demo.embed_text(["fine", "red " * (demo.max_text_tokens + 5)])
     message = str(info.value)
     assert "\n" not in message
-    assert "Prompt 1" in message and "shorten it" in message
+    assert message.startswith("prompt 2 (") and "shorten it" in message  # numbered from 1
     assert str(demo.max_text_tokens) in message
     assert isinstance(info.value, ValueError)
 

@@ -67,10 +67,22 @@ def test_all_zero_weights_are_refused():
         parse_prompts("a:0 | b:-0")
 
 
-@pytest.mark.parametrize("weight", ["inf", "-inf", "nan", "Infinity"])
-def test_non_finite_weights_are_refused(weight):
-    with pytest.raises(PromptError, match=r"^prompt 1 'cat:.*' has weight .*: use a finite number"):
+@pytest.mark.parametrize("weight", ["inf", "-inf", "nan", "Infinity", "1e308", "-4e38", "2e4"])
+def test_non_finite_or_huge_weights_are_refused(weight):
+    # 1e308 is a finite float64 but inf in float32, where the loss is computed.
+    with pytest.raises(PromptError, match=r"^prompt 1 'cat:.*' has weight .*: use a finite weight"):
         parse_prompts(f"cat:{weight}")
+
+
+def test_the_offending_prompt_is_named():
+    with pytest.raises(PromptError, match=r"^prompt 2 'b:-1e308' has weight -1e\+308"):
+        parse_prompts("a:1 | b:-1e308")
+    assert parse_prompts("a:1e4 | b:-1e4")[1].weight == -1e4
+
+
+def test_weights_that_vanish_in_float32_count_as_zero():
+    with pytest.raises(PromptError, match="is zero"):
+        parse_prompts("a:1e-50 | b:0")
 
 
 def test_prompt_error_is_a_value_error_of_one_line():

@@ -312,3 +312,46 @@ def test_high_res_render_equals_the_full_canvas_render(library, mode, monkeypatc
     high = hires.render_high_res(collage, library, background, config, *size)
     full = render(collage, library, background, config.resized(*size), windowed=False)
     np.testing.assert_allclose(high, full, atol=2e-5)
+
+
+def opaque_ring_library(side: int = SIDE, count: int = 5) -> PatchLibrary:
+    """Textures opaque up to their outermost texels (a library that skipped the ring)."""
+    rng = np.random.default_rng(11)
+    rgba = rng.uniform(0.2, 1.0, (count, side, side, 4)).astype(np.float32)
+    rgba[..., 3] = rng.uniform(0.6, 1.0, (count, side, side))
+    assert np.all(rgba[:, [0, -1], :, 3] > 0.5)
+    return PatchLibrary(jnp.asarray(rgba), jnp.asarray(np.full((count, 2), side, np.int32)))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_opaque_outer_ring_renders_by_the_documented_formula(mode):
+    # Texels outside the square count as transparent (docs/parameters.md), whatever the
+    # library's outer ring holds: the patch must end there, in every renderer.
+    library = opaque_ring_library()
+    config = small_config(render_mode=mode, canvas_height=64, canvas_width=72, num_patches=4)
+    collage = take(random_population(jax.random.key(12), config, library.num_patches, 1), 0)
+    background = random_background(config, 4)
+    expected = reference_render(collage, library, background, config)
+    windowed = np.asarray(render(collage, library, background, config))
+    full = np.asarray(render(collage, library, background, config, windowed=False))
+    high = hires.render_high_res(collage, library, background, config, *config.canvas_shape)
+    for image in (windowed, full, high):
+        assert np.mean(np.abs(image - expected) < 1e-4) > 0.995, np.abs(image - expected).max()
+    # The patches really are opaque, and the background shows around them.
+    assert np.mean(np.abs(expected - np.asarray(background)).max(-1) < 1e-6) > 0.2
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_patch_count_comes_from_the_collage_not_the_config(library, mode):
+    # A collage of 5 patches rendered with a config made for 20.
+    config = small_config(render_mode=mode, num_patches=5)
+    collage = take(random_population(jax.random.key(13), config, library.num_patches, 1), 0)
+    background = random_background(config, 5)
+    expected = reference_render(collage, library, background, config)
+    bigger = dataclasses.replace(config, num_patches=20)
+    images = [
+        np.asarray(render(collage, library, background, bigger)),
+        hires.render_high_res(collage, library, background, bigger, *config.canvas_shape),
+    ]
+    for image in images:
+        assert np.mean(np.abs(image - expected) < 1e-4) > 0.995, np.abs(image - expected).max()

@@ -33,8 +33,8 @@ from clipclop_jax import (  # noqa: E402
     load_perceptor,
     xla_options,
 )
-from clipclop_jax.api import _prepare  # noqa: E402
-from clipclop_jax.objective import make_collage_loss  # noqa: E402
+from clipclop_jax.guidance.objective import make_collage_loss  # noqa: E402
+from clipclop_jax.runs.setup import prepare_run  # noqa: E402
 
 
 def plain_scorer(config: GenerateConfig, resources: Resources):
@@ -46,7 +46,7 @@ def plain_scorer(config: GenerateConfig, resources: Resources):
     )
 
     def score(run_config: GenerateConfig, collage) -> float:
-        guidance = _prepare(run_config, resources).guidance
+        guidance = prepare_run(run_config, resources).guidance
         collage = jax.device_get(collage)
         value, _ = loss(collage.params, collage.patch_index, jax.random.key(0), guidance)
         return float(value)

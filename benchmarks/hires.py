@@ -21,7 +21,7 @@ def measure(size: int, library_name: str, highres: int) -> dict:
     import jax.numpy as jnp
 
     from clipclop_jax import CollageConfig, load_library, random_population, render_high_res
-    from clipclop_jax.params import take
+    from clipclop_jax.collage.params import take
 
     library = load_library(library_name, highres_size=highres).high
     config = CollageConfig()

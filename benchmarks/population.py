@@ -40,15 +40,20 @@ def main():
     jax.config.update("jax_num_cpu_devices", args.cpu_devices)
     import jax.numpy as jnp
 
-    from clipclop_jax.augment import AugmentConfig
+    from clipclop_jax.collage.params import random_population
     from clipclop_jax.config import CollageConfig, OptimConfig
-    from clipclop_jax.evolution import EvolutionConfig
-    from clipclop_jax.library import load_library
-    from clipclop_jax.objective import Guidance
-    from clipclop_jax.optimise import init_state, make_chunk, make_evolution_step, make_optimizer
-    from clipclop_jax.params import random_population
-    from clipclop_jax.perceptor import load_perceptor
-    from clipclop_jax.sharding import place, population_mesh
+    from clipclop_jax.guidance.augment import AugmentConfig
+    from clipclop_jax.guidance.objective import Guidance
+    from clipclop_jax.guidance.perceptor import load_perceptor
+    from clipclop_jax.library.patch_library import load_library
+    from clipclop_jax.search.evolution import EvolutionConfig
+    from clipclop_jax.search.optimise import (
+        init_state,
+        make_chunk,
+        make_evolution_step,
+        make_optimizer,
+    )
+    from clipclop_jax.search.sharding import place, population_mesh
 
     perceptor = load_perceptor("demo")
     library = load_library("shapes", lowres_size=32, highres_size=64)

@@ -15,11 +15,11 @@ import jax
 import jax.numpy as jnp
 
 from clipclop_jax import xla_options
+from clipclop_jax.collage.params import Collage, random_population
+from clipclop_jax.collage.render import render
+from clipclop_jax.collage.transforms import window_shape
 from clipclop_jax.config import CollageConfig
-from clipclop_jax.library import load_library
-from clipclop_jax.params import Collage, random_population
-from clipclop_jax.render import render
-from clipclop_jax.transforms import window_shape
+from clipclop_jax.library.patch_library import load_library
 
 
 def measure(fun, args, repeats):

@@ -25,15 +25,15 @@ import jax.numpy as jnp
 import optax
 
 from clipclop_jax import xla_options
-from clipclop_jax.augment import AugmentConfig, random_augment
+from clipclop_jax.collage.params import Collage, clamp, random_population
+from clipclop_jax.collage.render import render
 from clipclop_jax.config import CollageConfig, OptimConfig
-from clipclop_jax.library import load_library
-from clipclop_jax.objective import Guidance
-from clipclop_jax.optimise import init_state, make_chunk, make_optimizer
-from clipclop_jax.params import Collage, clamp, random_population
-from clipclop_jax.perceptor import OPENAI_MEAN, OPENAI_STD, Perceptor, load_perceptor
-from clipclop_jax.render import render
-from clipclop_jax.sharding import place, population_mesh
+from clipclop_jax.guidance.augment import AugmentConfig, random_augment
+from clipclop_jax.guidance.objective import Guidance
+from clipclop_jax.guidance.perceptor import OPENAI_MEAN, OPENAI_STD, Perceptor, load_perceptor
+from clipclop_jax.library.patch_library import load_library
+from clipclop_jax.search.optimise import init_state, make_chunk, make_optimizer
+from clipclop_jax.search.sharding import place, population_mesh
 
 
 def vit_b32_perceptor() -> Perceptor:

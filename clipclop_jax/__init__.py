@@ -1,26 +1,26 @@
 """clipclop-jax: CLIP-guided collage (CLIP-CLOP) in JAX."""
 
-from clipclop_jax.api import (
-    GenerateConfig,
-    GenerateResult,
-    OutputConfig,
-    Resources,
-    generate,
-    load_collage,
-    load_resources,
-    resume,
-)
-from clipclop_jax.augment import AugmentConfig
-from clipclop_jax.batch import BatchItem, generate_batch
+from clipclop_jax.collage.hires import render_high_res
+from clipclop_jax.collage.params import Collage, CollageParams, random_population
+from clipclop_jax.collage.render import render, render_population
 from clipclop_jax.config import CollageConfig, OptimConfig
-from clipclop_jax.evolution import EvolutionConfig
-from clipclop_jax.hires import render_high_res
-from clipclop_jax.interrupt import RunInterrupted, StopOnSignal
-from clipclop_jax.library import Library, LibraryError, PatchLibrary, load_library, save_library
-from clipclop_jax.params import Collage, CollageParams, random_population
-from clipclop_jax.perceptor import Perceptor, PerceptorError, PromptError, load_perceptor
-from clipclop_jax.render import render, render_population
-from clipclop_jax.tiled import generate_tiled
+from clipclop_jax.guidance.augment import AugmentConfig
+from clipclop_jax.guidance.perceptor import Perceptor, PerceptorError, PromptError, load_perceptor
+from clipclop_jax.library.patch_library import (
+    Library,
+    LibraryError,
+    PatchLibrary,
+    load_library,
+    save_library,
+)
+from clipclop_jax.runs.batch import BatchItem, generate_batch
+from clipclop_jax.runs.generate import generate, resume
+from clipclop_jax.runs.interrupt import RunInterrupted, StopOnSignal
+from clipclop_jax.runs.outputs import GenerateResult, load_collage
+from clipclop_jax.runs.resources import Resources, load_resources
+from clipclop_jax.runs.settings import GenerateConfig, OutputConfig
+from clipclop_jax.runs.tiled import generate_tiled
+from clipclop_jax.search.evolution import EvolutionConfig
 from clipclop_jax.version import __version__
 
 __all__ = [

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from clipclop_jax.augment import (
+from clipclop_jax.guidance.augment import (
     AugmentConfig,
     crop_matrix,
     image_corners,

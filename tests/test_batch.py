@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from test_evolution import EVOLVE, chunk_compilations, demo_resources, evolution_run
 
-from clipclop_jax import batch
-from clipclop_jax.batch import folder_names, generate_batch, read_prompts, slugify
-from clipclop_jax.cli_batch import add_batch_parser, config_from_args, run_batch
-from clipclop_jax.evolution import EvolutionConfig
+from clipclop_jax.cli.batch import add_batch_parser, config_from_args, run_batch
+from clipclop_jax.runs import batch
+from clipclop_jax.runs.batch import folder_names, generate_batch, read_prompts, slugify
+from clipclop_jax.search.evolution import EvolutionConfig
 
 # The settings of test_evolution's "none" runs: the same compiled program serves both files.
 PLAIN = dataclasses.replace(EVOLVE, evolution=EvolutionConfig(method="none", frequency=10))

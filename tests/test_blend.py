@@ -14,17 +14,7 @@ import scipy.sparse
 import scipy.sparse.linalg
 from scipy import ndimage
 
-from clipclop_jax.blend import (
-    BACKGROUND,
-    Layers,
-    blend_collage,
-    collage_guidance,
-    collage_layers,
-)
-from clipclop_jax.config import CollageConfig
-from clipclop_jax.library import PatchLibrary
-from clipclop_jax.params import Collage, CollageParams, random_collage, stack
-from clipclop_jax.poisson import (
+from clipclop_jax.blend.poisson import (
     dct_solve,
     image_gradients,
     laplacian,
@@ -32,7 +22,17 @@ from clipclop_jax.poisson import (
     poisson_blend,
     solve_poisson,
 )
-from clipclop_jax.render import render, sample_patches
+from clipclop_jax.blend.seams import (
+    BACKGROUND,
+    Layers,
+    blend_collage,
+    collage_guidance,
+    collage_layers,
+)
+from clipclop_jax.collage.params import Collage, CollageParams, random_collage, stack
+from clipclop_jax.collage.render import render, sample_patches
+from clipclop_jax.config import CollageConfig
+from clipclop_jax.library.patch_library import PatchLibrary
 
 # ------------------------------------------------------------------------- references
 

@@ -20,15 +20,16 @@ from clipclop_jax import (
     GenerateConfig,
     OptimConfig,
     Resources,
-    api,
-    checkpoint,
     generate,
     load_library,
     load_perceptor,
-    video,
 )
-from clipclop_jax.cli import main
-from clipclop_jax.evolution import EvolutionConfig
+from clipclop_jax.cli.main import main
+from clipclop_jax.runs import checkpoint, video
+from clipclop_jax.runs.generate import resume
+from clipclop_jax.runs.resources import model_fingerprint
+from clipclop_jax.runs.setup import state_template
+from clipclop_jax.search.evolution import EvolutionConfig
 
 TINY = GenerateConfig(
     prompt="a red circle",
@@ -51,7 +52,7 @@ def fresh_state(config: GenerateConfig, seed: int = 0):
             return jax.random.key(seed)
         return (rng.random(spec.shape) * 10).astype(spec.dtype)
 
-    return jax.tree.map(leaf, api.state_template(config))
+    return jax.tree.map(leaf, state_template(config))
 
 
 def save(out_dir, state, step, **kwargs):
@@ -75,7 +76,7 @@ def test_a_checkpoint_restores_every_array_and_the_key(tmp_path):
     saved = checkpoint.load_checkpoint(path)
     assert saved.step == 30 and saved.history.shape == (30, 2)
     assert GenerateConfig.from_dict(saved.config) == TINY
-    restored = checkpoint.restore_state(saved, api.state_template(TINY))
+    restored = checkpoint.restore_state(saved, state_template(TINY))
     expected = state._replace(step=np.int32(30))
     np.testing.assert_array_equal(jax.random.key_data(restored.key), jax.random.key_data(state.key))
     for got, want in zip(
@@ -91,7 +92,7 @@ def test_restore_refuses_a_state_of_another_shape(tmp_path):
     saved = checkpoint.load_checkpoint(save(tmp_path, fresh_state(TINY), 10))
     other = dataclasses.replace(TINY, collage=dataclasses.replace(TINY.collage, num_patches=9))
     with pytest.raises(ValueError, match=r"population\.params\.translation is float32\[2, 8, 2\]"):
-        checkpoint.restore_state(saved, api.state_template(other))
+        checkpoint.restore_state(saved, state_template(other))
 
 
 def test_only_the_newest_checkpoints_are_kept(tmp_path):
@@ -132,8 +133,8 @@ KEEP_SAVING = textwrap.dedent(
     """
     import sys
     import jax, numpy as np
-    from clipclop_jax.checkpoint import save_checkpoint
-    from clipclop_jax.optimise import RunState
+    from clipclop_jax.runs.checkpoint import save_checkpoint
+    from clipclop_jax.search.optimise import RunState
 
     # A run state with 4 MB of incompressible optimiser state: each write takes a while.
     big = np.random.default_rng(0).random(1_000_000, np.float32)
@@ -198,7 +199,7 @@ def test_problems_with_the_output_folder_stop_the_run_before_it_loads(tmp_path, 
     def no_loading(config):
         raise AssertionError("resources loaded before the folder was checked")
 
-    monkeypatch.setattr(api, "load_resources", no_loading)
+    monkeypatch.setattr("clipclop_jax.runs.generate.load_resources", no_loading)
     (tmp_path / "file").write_text("x")
     with pytest.raises(checkpoint.OutputFolderError, match="cannot write to"):
         generate(TINY, out_dir=tmp_path / "file" / "run")
@@ -230,15 +231,15 @@ def test_resume_refuses_another_library_or_model(resources, tmp_path):
         np.zeros((0, 2)),
         config=TINY.to_dict(),
         library_fingerprint=library.fingerprint,
-        model_fingerprint=api.model_fingerprint(perceptor),
+        model_fingerprint=model_fingerprint(perceptor),
     )
     other_library = Resources(perceptor, library.subset(range(library.num_patches - 1)))
     with pytest.raises(ValueError, match="the patch library differs from the one this run"):
-        api.resume(tmp_path, resources=other_library)
+        resume(tmp_path, resources=other_library)
     weights = jax.tree.map(lambda w: w * 1.01, perceptor.params)
     other_model = Resources(dataclasses.replace(perceptor, params=weights), library)
     with pytest.raises(ValueError, match="the CLIP model differs from the one this run"):
-        api.resume(tmp_path, resources=other_model)
+        resume(tmp_path, resources=other_model)
     assert checkpoint.load_latest(tmp_path).step == 0  # refusing leaves the run as it was
 
 

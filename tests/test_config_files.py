@@ -8,9 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from clipclop_jax import GenerateConfig, config_files
-from clipclop_jax.cli import build_parser, config_from_args, main
+from clipclop_jax import GenerateConfig
+from clipclop_jax.cli.main import build_parser, config_from_args, main
 from clipclop_jax.io import save_png
+from clipclop_jax.runs import config_files
 
 SETTINGS = {
     "prompt": "a cat made of leaves",

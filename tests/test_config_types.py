@@ -7,11 +7,11 @@ import typing
 import numpy as np
 import pytest
 
-from clipclop_jax.api import GenerateConfig, OutputConfig
-from clipclop_jax.augment import AugmentConfig
 from clipclop_jax.config import CollageConfig, ConfigTypeError, OptimConfig
-from clipclop_jax.evolution import EvolutionConfig
-from clipclop_jax.objective import RegionConfig
+from clipclop_jax.guidance.augment import AugmentConfig
+from clipclop_jax.guidance.objective import RegionConfig
+from clipclop_jax.runs.settings import GenerateConfig, OutputConfig
+from clipclop_jax.search.evolution import EvolutionConfig
 
 CONFIGS = [
     CollageConfig,

@@ -9,8 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from clipclop_jax import converted_weights
-from clipclop_jax.perceptor import PerceptorError, demo_model_path, load_perceptor
+from clipclop_jax.guidance import converted_weights
+from clipclop_jax.guidance.perceptor import PerceptorError, demo_model_path, load_perceptor
 
 torch = pytest.importorskip("torch")
 

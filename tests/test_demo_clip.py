@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from clipclop_jax import demo_data
-from clipclop_jax.perceptor import demo_model_path, load_perceptor
+from clipclop_jax.guidance import demo_data
+from clipclop_jax.guidance.perceptor import demo_model_path, load_perceptor
 
 # Training draws from seed 0 (and checks itself on seed 10_000); this is a fresh seed.
 HELD_OUT_SEED = 20_240_601

@@ -27,15 +27,20 @@ from clipclop_jax import (
     load_library,
     load_perceptor,
 )
-from clipclop_jax.evolution import (
+from clipclop_jax.collage.params import Collage, CollageParams, clamp, take
+from clipclop_jax.search.evolution import (
     SELECTIONS,
     EvolutionConfig,
     mutate,
     reproduce,
     select,
 )
-from clipclop_jax.optimise import evolution_due, init_state, make_evolution_step, make_optimizer
-from clipclop_jax.params import Collage, CollageParams, clamp, take
+from clipclop_jax.search.optimise import (
+    evolution_due,
+    init_state,
+    make_evolution_step,
+    make_optimizer,
+)
 
 CONFIG = CollageConfig(num_patches=12)
 LIBRARY = 50

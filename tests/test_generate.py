@@ -20,11 +20,11 @@ from clipclop_jax import (
     load_library,
     load_perceptor,
 )
-from clipclop_jax.api import blend_run
-from clipclop_jax.cli import main
-from clipclop_jax.evolution import EvolutionConfig
+from clipclop_jax.cli.main import main
 from clipclop_jax.io import png_text
-from clipclop_jax.tiled import generate_tiled
+from clipclop_jax.runs.reblend import blend_run
+from clipclop_jax.runs.tiled import generate_tiled
+from clipclop_jax.search.evolution import EvolutionConfig
 
 # Small enough to compile once (~15 s) and run 60 steps in seconds on 2 cores.
 SMALL = GenerateConfig(

@@ -19,25 +19,28 @@ from clipclop_jax import (
     GenerateConfig,
     OptimConfig,
     Resources,
-    api,
-    checkpoint,
     generate,
     load_perceptor,
-    patch_sources,
 )
-from clipclop_jax import library as library_module
-from clipclop_jax.batch import generate_batch
-from clipclop_jax.cli import main
-from clipclop_jax.evolution import EvolutionConfig
-from clipclop_jax.interrupt import RunInterrupted
-from clipclop_jax.library import (
+from clipclop_jax.cli.main import main
+from clipclop_jax.library import patch_library as library_module
+from clipclop_jax.library import sources as patch_sources
+from clipclop_jax.library.patch_library import (
     LIBRARY_FORMAT,
     LibraryError,
     library_from_cutouts,
     load_library,
     save_library,
 )
-from clipclop_jax.patch_sources import load_library_subset, open_sources
+from clipclop_jax.library.sources import load_library_subset, open_sources
+from clipclop_jax.runs import checkpoint
+from clipclop_jax.runs.batch import generate_batch
+from clipclop_jax.runs.generate import resume
+from clipclop_jax.runs.interrupt import RunInterrupted
+from clipclop_jax.runs.reblend import blend_run
+from clipclop_jax.runs.resources import with_absolute_paths
+from clipclop_jax.runs.settings import OutputConfig
+from clipclop_jax.search.evolution import EvolutionConfig
 
 TINY = GenerateConfig(
     prompt="a red circle",
@@ -274,14 +277,14 @@ def test_a_checkpoint_holding_a_pickle_is_refused_with_our_own_advice(tmp_path):
 
 
 def test_a_saved_config_holds_absolute_paths_and_builtin_names(tmp_path, monkeypatch, perceptor):
-    monkeypatch.setattr(api, "load_perceptor", lambda name: perceptor)
+    monkeypatch.setattr("clipclop_jax.runs.resources.load_perceptor", lambda name: perceptor)
     monkeypatch.chdir(tmp_path)
     save_library("lib.npz", library_from_cutouts([_disc()], lowres_size=32, highres_size=32))
     generate(dataclasses.replace(TINY, patches="lib.npz"), out_dir="run")
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["patches"] == str(tmp_path / "lib.npz") and saved["model"] == "demo"
     assert checkpoint.load_latest("run").config["patches"] == str(tmp_path / "lib.npz")
-    assert api.with_absolute_paths(TINY) == TINY  # "shapes", "demo", "black" stay names
+    assert with_absolute_paths(TINY) == TINY  # "shapes", "demo", "black" stay names
 
 
 def _stop_after_first_chunk():
@@ -297,7 +300,9 @@ def _stop_after_first_chunk():
 def test_a_run_whose_library_moved_resumes_from_the_new_place(
     tmp_path, monkeypatch, perceptor, capsys
 ):
-    monkeypatch.setattr(api, "load_perceptor", lambda name: perceptor)  # one compile
+    monkeypatch.setattr(
+        "clipclop_jax.runs.resources.load_perceptor", lambda name: perceptor
+    )  # one compile
     old, new = tmp_path / "old", tmp_path / "new"
     old.mkdir()
     cutouts = [_disc(colour=c) for c in ((220, 30, 30), (30, 30, 220), (30, 200, 30))]
@@ -306,28 +311,28 @@ def test_a_run_whose_library_moved_resumes_from_the_new_place(
         TINY,
         patches=str(old / "lib.npz"),
         optim=dataclasses.replace(TINY.optim, steps=20),
-        output=api.OutputConfig(checkpoint_every=0),
+        output=OutputConfig(checkpoint_every=0),
     )
     with pytest.raises(RunInterrupted):
         generate(config, out_dir=tmp_path / "run", should_stop=_stop_after_first_chunk())
     shutil.move(old, new)
 
     with pytest.raises(ValueError, match="--patches PATH") as error:
-        api.resume(tmp_path / "run")
+        resume(tmp_path / "run")
     assert str(old / "lib.npz") in _one_line(error.value)
     assert main(["resume", str(tmp_path / "run"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--patches PATH" in err
     with pytest.raises(ValueError, match="--patches PATH"):
-        api.blend_run(tmp_path / "run")
+        blend_run(tmp_path / "run")
 
     other = tmp_path / "other.npz"
     save_library(other, library_from_cutouts(cutouts[:2], lowres_size=32, highres_size=32))
     with pytest.raises(ValueError, match="the patch library differs"):
-        api.resume(tmp_path / "run", patches=other)
+        resume(tmp_path / "run", patches=other)
     assert checkpoint.load_latest(tmp_path / "run").step == 10  # refusing changed nothing
 
-    resumed = api.resume(tmp_path / "run", patches=new / "lib.npz")
+    resumed = resume(tmp_path / "run", patches=new / "lib.npz")
     moved = dataclasses.replace(config, patches=str(new / "lib.npz"))
     reference = generate(moved, out_dir=tmp_path / "reference")
     np.testing.assert_array_equal(resumed.history, reference.history)
@@ -340,7 +345,7 @@ def test_a_run_whose_library_moved_resumes_from_the_new_place(
 
 
 def test_a_run_whose_model_folder_moved_resumes_with_model(tmp_path, monkeypatch, capsys):
-    from clipclop_jax.perceptor import demo_model_path
+    from clipclop_jax.guidance.perceptor import demo_model_path
 
     shutil.copytree(demo_model_path(), tmp_path / "clip")
     monkeypatch.chdir(tmp_path)
@@ -410,7 +415,7 @@ def test_overwrite_removes_only_the_files_a_run_wrote(tmp_path):
 def test_generate_and_tiled_overwrite_keep_the_users_files(
     tmp_path, tiles, perceptor, monkeypatch, capsys
 ):
-    monkeypatch.setattr(api, "load_perceptor", lambda name: perceptor)
+    monkeypatch.setattr("clipclop_jax.runs.resources.load_perceptor", lambda name: perceptor)
     _fill(tmp_path, USER_FILES + RUN_FILES)
     argv = ["generate", "a red circle", "--out", str(tmp_path), "--overwrite", "--quiet"]
     argv += ["--steps", "0", "--size", "32", "--output-size", "32", "--num-patches", "4"]

@@ -17,20 +17,21 @@ from clipclop_jax import (
     GenerateConfig,
     OptimConfig,
     Resources,
-    api,
-    checkpoint,
     generate,
     load_collage,
     load_library,
     load_perceptor,
-    preflight,
 )
-from clipclop_jax.background import make_background
-from clipclop_jax.cli import main
-from clipclop_jax.evolution import EvolutionConfig
-from clipclop_jax.interrupt import FinalRenderError
-from clipclop_jax.params import random_population, take
-from clipclop_jax.prompts import PromptError
+from clipclop_jax.cli.main import main
+from clipclop_jax.collage.background import make_background
+from clipclop_jax.collage.params import random_population, take
+from clipclop_jax.guidance.prompts import PromptError
+from clipclop_jax.runs import checkpoint, preflight
+from clipclop_jax.runs.interrupt import FinalRenderError
+from clipclop_jax.runs.outputs import final_image
+from clipclop_jax.runs.reblend import blend_run
+from clipclop_jax.runs.setup import plain_losses, prepare_run
+from clipclop_jax.search.evolution import EvolutionConfig
 
 TINY = GenerateConfig(
     prompt="a red circle",
@@ -58,7 +59,7 @@ def no_model(monkeypatch):
     def refuse(name):
         raise AssertionError("the model was loaded before the settings were checked")
 
-    monkeypatch.setattr(api, "load_perceptor", refuse)
+    monkeypatch.setattr("clipclop_jax.runs.resources.load_perceptor", refuse)
 
 
 # --- item 4: a written collage is always scored -------------------------------------------
@@ -77,8 +78,8 @@ def test_a_zero_step_run_writes_a_scored_collage(resources, tmp_path):
     result = generate(config, out_dir=tmp_path / "run", resources=resources)
     assert np.isfinite(result.loss) and result.history.shape == (0, 2)
     # The loss is the plain-render loss of the saved collage, recomputed independently.
-    run = api._prepare(config, resources)
-    expected = api.plain_losses(
+    run = prepare_run(config, resources)
+    expected = plain_losses(
         config,
         resources.perceptor,
         run.guidance,
@@ -116,10 +117,10 @@ def off_canvas(collage):
 @pytest.mark.parametrize("output_size", [128, 100])
 def test_the_final_noise_background_is_the_optimised_one(resources, output_size):
     config = dataclasses.replace(TINY, background="noise", output_size=output_size)
-    run = api._prepare(config, resources)
+    run = prepare_run(config, resources)
     collage = take(random_population(jax.random.key(0), config.collage, 8, 1), 0)
     # Patches off the canvas: the final image is its background alone.
-    image = api.final_image(config, resources.library, off_canvas(collage), run.background_key)
+    image = final_image(config, resources.library, off_canvas(collage), run.background_key)
     assert image.shape == (output_size, output_size, 3)
     small = np.asarray(Image.fromarray(np.uint8(image * 255)).resize((32, 32), Image.BOX)) / 255
     assert correlation(small, np.asarray(run.background)) > 0.95
@@ -134,9 +135,9 @@ def test_an_image_background_still_matches_at_the_output_size(resources, tmp_pat
     path = tmp_path / "bg.png"
     Image.fromarray(np.uint8(picture * 255)).save(path)
     config = dataclasses.replace(TINY, background=str(path), output_size=128)
-    run = api._prepare(config, resources)
+    run = prepare_run(config, resources)
     collage = take(random_population(jax.random.key(0), config.collage, 8, 1), 0)
-    image = api.final_image(config, resources.library, off_canvas(collage), run.background_key)
+    image = final_image(config, resources.library, off_canvas(collage), run.background_key)
     small = image.reshape(32, 4, 32, 4, 3).mean((1, 3))
     assert correlation(small, np.asarray(run.background)) > 0.95
 
@@ -182,7 +183,7 @@ def test_a_failed_final_render_leaves_params_and_checkpoint(resources, tmp_path,
     def out_of_memory(*args, **kwargs):
         raise MemoryError("RESOURCE_EXHAUSTED: out of memory allocating 47 GiB")
 
-    monkeypatch.setattr(api, "final_image", out_of_memory)
+    monkeypatch.setattr("clipclop_jax.runs.run_files.final_image", out_of_memory)
     out = tmp_path / "run"
     with pytest.raises(FinalRenderError, match=r"final render at 64x64 failed \(MemoryError"):
         generate(TINY, out_dir=out, resources=resources)
@@ -192,14 +193,14 @@ def test_a_failed_final_render_leaves_params_and_checkpoint(resources, tmp_path,
     assert not (out / checkpoint.COLLAGE_FILE).exists()
     monkeypatch.undo()
     # What was saved renders the collage: blend_run re-renders from params.npz.
-    assert os.path.isfile(api.blend_run(out, "poisson", resources=resources))
+    assert os.path.isfile(blend_run(out, "poisson", resources=resources))
 
 
 def test_the_cli_reports_a_failed_final_render_in_one_line(tmp_path, monkeypatch, capsys):
     def out_of_memory(*args, **kwargs):
         raise RuntimeError("RESOURCE_EXHAUSTED: out of memory\nmore detail")
 
-    monkeypatch.setattr(api, "final_image", out_of_memory)
+    monkeypatch.setattr("clipclop_jax.runs.run_files.final_image", out_of_memory)
     out = tmp_path / "run"
     argv = ["generate", "a red circle", "--out", str(out), "--quiet", "--steps", "1"]
     argv += ["--size", "32", "--output-size", "32", "--population", "1", "--num-patches", "4"]

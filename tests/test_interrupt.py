@@ -7,8 +7,8 @@ import time
 
 CHILD = """
 import time
-from clipclop_jax.cli import _say_stopping
-from clipclop_jax.interrupt import StopOnSignal
+from clipclop_jax.cli.main import _say_stopping
+from clipclop_jax.runs.interrupt import StopOnSignal
 
 with StopOnSignal(on_first=_say_stopping):
     print("ready", flush=True)

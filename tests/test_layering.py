@@ -1,87 +1,53 @@
-"""Imports inside the package flow one way: from settings, through rendering, to the API."""
+"""Imports inside the package flow one way (docs/architecture.md): the import-linter
+contracts in pyproject.toml hold for the package as it is, and they catch an import that
+points upstream or a module that no contract places."""
 
-import ast
+from __future__ import annotations
+
+import os
 import pathlib
+import shutil
+import subprocess
+import sys
 
 import clipclop_jax
 
-# Upstream first. A module may import only modules listed before it.
-LAYERS = [
-    "version",
-    "config",
-    "xla_options",
-    "io",
-    "safe_npy",
-    "cutouts",
-    "segment",
-    "builtin_libraries",
-    "library",
-    "patch_sources",
-    "contact_sheet",
-    "patch_maker",
-    "params",
-    "transforms",
-    "background",
-    "render",
-    "hires",
-    "tiles",
-    "poisson",
-    "blend",
-    "augment",
-    "demo_data",
-    "converted_weights",
-    "perceptor",
-    "prompts",
-    "evolution",
-    "objective",
-    "optimise",
-    "sharding",
-    "interrupt",
-    "config_files",
-    "video",
-    "checkpoint",
-    "preflight",
-    "api",
-    "tiled",
-    "batch",
-    "cli_patches",
-    "cli_options",
-    "cli_batch",
-    "cli",
-    "__init__",
-    "__main__",
-]
-
 PACKAGE = pathlib.Path(clipclop_jax.__file__).parent
+ROOT = PACKAGE.parent
 
 
-def package_imports(path: pathlib.Path) -> set[str]:
-    tree = ast.parse(path.read_text())
-    found = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module:
-            if node.module == "clipclop_jax":
-                found.update(alias.name for alias in node.names)
-            elif node.module.startswith("clipclop_jax."):
-                found.add(node.module.split(".")[1])
-        elif isinstance(node, ast.Import):
-            for alias in node.names:
-                if alias.name.startswith("clipclop_jax."):
-                    found.add(alias.name.split(".")[1])
-    return found
+def lint_imports(root: pathlib.Path) -> subprocess.CompletedProcess:
+    """``lint-imports`` with ``root``'s pyproject.toml, on the package under ``root``."""
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    script = "import sys; from importlinter.cli import lint_imports_command as c; sys.exit(c())"
+    command = [sys.executable, "-c", script, "--no-cache"]
+    return subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=120)
 
 
-def test_every_module_has_a_layer():
-    modules = {p.stem for p in PACKAGE.glob("*.py")}
-    missing = modules - set(LAYERS)
-    assert not missing, f"add {sorted(missing)} to LAYERS in tests/test_layering.py"
+def copy_of_the_package(tmp_path: pathlib.Path) -> pathlib.Path:
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    shutil.copytree(PACKAGE, tmp_path / "clipclop_jax", ignore=shutil.ignore_patterns("assets"))
+    return tmp_path
 
 
-def test_imports_point_upstream():
-    rank = {name: i for i, name in enumerate(LAYERS)}
-    wrong = []
-    for path in PACKAGE.glob("*.py"):
-        for imported in package_imports(path):
-            if imported in rank and rank[imported] >= rank[path.stem]:
-                wrong.append(f"{path.stem} imports {imported}")
-    assert not wrong, wrong
+def test_the_packages_keep_their_layers():
+    result = lint_imports(ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 broken" in result.stdout
+
+
+def test_an_upstream_import_breaks_the_contract(tmp_path):
+    root = copy_of_the_package(tmp_path)
+    render = root / "clipclop_jax" / "collage" / "render.py"
+    render.write_text(render.read_text() + "\nfrom clipclop_jax.runs import settings  # noqa\n")
+    result = lint_imports(root)
+    assert result.returncode != 0
+    assert "clipclop_jax.collage.render -> clipclop_jax.runs.settings" in result.stdout
+
+
+def test_a_module_no_contract_places_breaks_it(tmp_path):
+    root = copy_of_the_package(tmp_path)
+    (root / "clipclop_jax" / "runs" / "stray.py").write_text('"""Placed in no layer."""\n')
+    result = lint_imports(root)
+    assert result.returncode != 0
+    assert "stray" in result.stdout

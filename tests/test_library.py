@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from clipclop_jax import io
-from clipclop_jax.builtin_libraries import PAINTED_SHAPES, PAINTS
-from clipclop_jax.library import (
+from clipclop_jax.library.builtins import PAINTED_SHAPES, PAINTS
+from clipclop_jax.library.patch_library import (
     LibraryError,
     library_from_cutouts,
     load_library,
@@ -118,7 +118,7 @@ def test_corrupt_nonimage_and_transparent_files_are_skipped_with_warnings(tmp_pa
     (tmp_path / "notes.txt").write_text("not an image")
     Image.fromarray(np.zeros((8, 8, 4), np.uint8), "RGBA").save(tmp_path / "empty.png")
 
-    with caplog.at_level(logging.WARNING, logger="clipclop_jax.library"):
+    with caplog.at_level(logging.WARNING, logger="clipclop_jax.library.patch_library"):
         library = _load(tmp_path, cache)
 
     assert library.names == ("good.png",)
@@ -173,7 +173,7 @@ def test_decompression_bomb_is_refused_without_decoding(tmp_path, cache, caplog)
     with pytest.raises(io.ImageReadError, match="decompression bomb"):
         io.read_rgba(tmp_path / "bomb.png")
     Image.fromarray(_disc(), "RGBA").save(tmp_path / "ok.png")
-    with caplog.at_level(logging.WARNING, logger="clipclop_jax.library"):
+    with caplog.at_level(logging.WARNING, logger="clipclop_jax.library.patch_library"):
         assert _load(tmp_path, cache).names == ("ok.png",)
     assert "bomb.png" in caplog.text
 

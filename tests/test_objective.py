@@ -9,12 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from clipclop_jax.augment import AugmentConfig
+from clipclop_jax.collage.params import random_collage
+from clipclop_jax.collage.render import render
 from clipclop_jax.config import CollageConfig, OptimConfig
-from clipclop_jax.library import PatchLibrary
-from clipclop_jax.objective import Guidance, RegionConfig, make_collage_loss, region_boxes
-from clipclop_jax.params import random_collage
-from clipclop_jax.render import render
+from clipclop_jax.guidance.augment import AugmentConfig
+from clipclop_jax.guidance.objective import Guidance, RegionConfig, make_collage_loss, region_boxes
+from clipclop_jax.library.patch_library import PatchLibrary
 
 
 @dataclasses.dataclass(frozen=True)

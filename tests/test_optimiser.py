@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from clipclop_jax.collage.params import random_population
 from clipclop_jax.config import CollageConfig, OptimConfig
-from clipclop_jax.optimise import make_optimizer
-from clipclop_jax.params import random_population
+from clipclop_jax.search.optimise import make_optimizer
 
 CONFIG = CollageConfig(num_patches=5)
 

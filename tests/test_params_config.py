@@ -7,9 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from clipclop_jax.background import make_background, parse_colour
-from clipclop_jax.config import CollageConfig, OptimConfig, from_dict, to_dict
-from clipclop_jax.params import (
+from clipclop_jax.collage.background import make_background, parse_colour
+from clipclop_jax.collage.params import (
     CollageParams,
     clamp,
     random_patch_index,
@@ -18,7 +17,8 @@ from clipclop_jax.params import (
     take,
     where,
 )
-from clipclop_jax.transforms import hsv_to_rgb, sampling_matrix
+from clipclop_jax.collage.transforms import hsv_to_rgb, sampling_matrix
+from clipclop_jax.config import CollageConfig, OptimConfig, from_dict, to_dict
 
 
 def test_initial_parameters_follow_the_original_ranges():

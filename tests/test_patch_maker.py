@@ -12,9 +12,11 @@ from PIL import Image
 
 skimage_data = pytest.importorskip("skimage.data")
 
-from clipclop_jax import cli_patches, contact_sheet, patch_maker  # noqa: E402
-from clipclop_jax.library import LIBRARY_FORMAT, load_library, save_library  # noqa: E402
-from clipclop_jax.patch_sources import SourceError, open_sources, parse_tfds  # noqa: E402
+from clipclop_jax.cli import patches as cli_patches  # noqa: E402
+from clipclop_jax.library import contact_sheet  # noqa: E402
+from clipclop_jax.library import maker as patch_maker  # noqa: E402
+from clipclop_jax.library.patch_library import LIBRARY_FORMAT, load_library, save_library  # noqa: E402
+from clipclop_jax.library.sources import SourceError, open_sources, parse_tfds  # noqa: E402
 
 SMALL = dict(side=32, dedupe_threshold=0.0, min_width=4, min_height=4, min_coverage=0.0)
 

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from clipclop_jax.perceptor import (
+from clipclop_jax.guidance.perceptor import (
     Perceptor,
     PerceptorError,
     PromptError,
@@ -120,7 +120,7 @@ def test_offline_hub_name_raises_one_line_perceptor_error(tmp_path):
     # A fresh interpreter, because huggingface_hub reads HF_HOME/HF_HUB_OFFLINE at import.
     env = {**os.environ, "HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}
     code = (
-        "from clipclop_jax.perceptor import load_perceptor, PerceptorError\n"
+        "from clipclop_jax.guidance.perceptor import load_perceptor, PerceptorError\n"
         "try:\n"
         "    load_perceptor('openai/clip-vit-base-patch32')\n"
         "except PerceptorError as e:\n"
@@ -209,7 +209,7 @@ def test_without_ftfy_loading_says_to_install_it():
     code = (
         "import sys\n"
         "sys.modules['ftfy'] = None  # as if not installed\n"
-        "from clipclop_jax.perceptor import load_perceptor, PerceptorError\n"
+        "from clipclop_jax.guidance.perceptor import load_perceptor, PerceptorError\n"
         "try:\n"
         "    load_perceptor('demo')\n"
         "except PerceptorError as e:\n"

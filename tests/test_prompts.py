@@ -2,7 +2,7 @@
 
 import pytest
 
-from clipclop_jax.prompts import (
+from clipclop_jax.guidance.prompts import (
     PromptError,
     WeightedPrompt,
     format_prompts,

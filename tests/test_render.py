@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from clipclop_jax import hires
+from clipclop_jax.collage import hires
+from clipclop_jax.collage.params import Collage, CollageParams, clamp, random_population, take
+from clipclop_jax.collage.render import render, render_population
+from clipclop_jax.collage.transforms import max_patch_radius, window_shape
 from clipclop_jax.config import CollageConfig
-from clipclop_jax.library import PatchLibrary
-from clipclop_jax.params import Collage, CollageParams, clamp, random_population, take
-from clipclop_jax.render import render, render_population
-from clipclop_jax.transforms import max_patch_radius, window_shape
+from clipclop_jax.library.patch_library import PatchLibrary
 
 MODES = ("transparency", "masked_transparency", "opacity")
 SIDE = 16

@@ -17,10 +17,11 @@ import time
 import numpy as np
 import pytest
 
-from clipclop_jax import GenerateConfig, checkpoint
-from clipclop_jax.cli import build_parser, config_from_args
-from clipclop_jax.interrupt import StopOnSignal
+from clipclop_jax import GenerateConfig
+from clipclop_jax.cli.main import build_parser, config_from_args
 from clipclop_jax.io import png_text
+from clipclop_jax.runs import checkpoint
+from clipclop_jax.runs.interrupt import StopOnSignal
 
 # Four chunks of 20 steps; microbial evolution every 30 steps, so generations fall inside
 # chunks; a checkpoint at step 40 and at the end; a frame every chunk.
@@ -40,7 +41,7 @@ OPTIONS = {
     "frame-every": 20,
 }
 RUN = [*(f"--{k}={v}" for k, v in OPTIONS.items()), "--gif", "--mp4", "--quiet"]
-CLI = [sys.executable, "-m", "clipclop_jax.cli"]
+CLI = [sys.executable, "-m", "clipclop_jax.cli.main"]
 
 # The real CLI, except that the progress callback pauses after step PAUSE_AT (its checkpoint,
 # if any, already on disk): it touches PAUSED and waits for GO. The test's signals then land
@@ -48,7 +49,7 @@ CLI = [sys.executable, "-m", "clipclop_jax.cli"]
 PAUSING = textwrap.dedent(
     """
     import os, sys, time
-    from clipclop_jax import cli
+    from clipclop_jax.cli import main as cli
 
     real = cli.progress_bar
 
@@ -220,9 +221,9 @@ KEEP_SAVING = textwrap.dedent(
     """
     import sys
     import jax, numpy as np
-    from clipclop_jax.checkpoint import save_checkpoint
-    from clipclop_jax.interrupt import StopOnSignal
-    from clipclop_jax.optimise import RunState
+    from clipclop_jax.runs.checkpoint import save_checkpoint
+    from clipclop_jax.runs.interrupt import StopOnSignal
+    from clipclop_jax.search.optimise import RunState
 
     big = np.random.default_rng(0).random(1_000_000, np.float32)
     state = RunState(np.zeros(3), big, jax.random.key(0), np.int32(0), np.zeros(2), 0, 0.0)

@@ -7,8 +7,8 @@ import pytest
 
 skimage_data = pytest.importorskip("skimage.data")
 
-from clipclop_jax import segment  # noqa: E402
-from clipclop_jax.cutouts import ALPHA_EMPTY  # noqa: E402
+from clipclop_jax.library import segment  # noqa: E402
+from clipclop_jax.library.cutouts import ALPHA_EMPTY  # noqa: E402
 
 
 def _studio_photo(size=160):
@@ -152,7 +152,7 @@ def test_unknown_segmentation_is_rejected():
 
 
 def test_the_photos_builtin_recipe_is_expressible_with_these_segmenters():
-    from clipclop_jax import builtin_libraries as builtin
+    from clipclop_jax.library import builtins as builtin
 
     cutouts, names = builtin.photo_cutouts()
     image = skimage_data.coffee()

@@ -16,10 +16,10 @@ import pytest
 from test_evolution import EVOLVE, HYBRID, demo_resources, evolution_run, with_method
 
 from clipclop_jax import generate
+from clipclop_jax.collage.params import random_population
 from clipclop_jax.config import CollageConfig, OptimConfig
-from clipclop_jax.optimise import init_state, make_optimizer, per_collage
-from clipclop_jax.params import random_population
-from clipclop_jax.sharding import (
+from clipclop_jax.search.optimise import init_state, make_optimizer, per_collage
+from clipclop_jax.search.sharding import (
     check_population_fits,
     mesh_for_population,
     place,
@@ -198,7 +198,7 @@ import numpy as np
 from test_evolution import demo_resources
 
 from clipclop_jax import generate
-from clipclop_jax.api import GenerateConfig
+from clipclop_jax.runs.settings import GenerateConfig
 from clipclop_jax.config import OptimConfig
 
 config = GenerateConfig(

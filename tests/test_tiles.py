@@ -9,11 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from clipclop_jax.collage.params import random_collage
+from clipclop_jax.collage.render import render
+from clipclop_jax.collage.tiles import TileGrid, assemble, assembled_config
 from clipclop_jax.config import CollageConfig
-from clipclop_jax.library import PatchLibrary
-from clipclop_jax.params import random_collage
-from clipclop_jax.render import render
-from clipclop_jax.tiles import TileGrid, assemble, assembled_config
+from clipclop_jax.library.patch_library import PatchLibrary
 
 TILE = CollageConfig(
     canvas_height=24, canvas_width=32, num_patches=5, patch_max_proportion=8.0, min_scale=1.5

@@ -19,7 +19,7 @@ import pathlib
 
 from transformers.models.clip.tokenization_clip import bytes_to_unicode
 
-from clipclop_jax import demo_data
+from clipclop_jax.guidance import demo_data
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 

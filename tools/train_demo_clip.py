@@ -2,10 +2,10 @@
 
 A small but real ``transformers.FlaxCLIPModel`` (ViT on 64 px images, a 3-layer text
 transformer, a byte-level BPE tokenizer from ``make_demo_tokenizer.py``) is trained
-contrastively with optax on images from ``clipclop_jax.demo_data``, drawn on the fly. Because
-one caption can be true of many images in a batch ("red" of every red scene), the loss is
-CLIP's symmetric cross-entropy with *every* true caption/image as a positive (the targets are
-uniform over the positives) instead of only the diagonal.
+contrastively with optax on images from ``clipclop_jax.guidance.demo_data``, drawn on the fly.
+Because one caption can be true of many images in a batch ("red" of every red scene), the
+loss is CLIP's symmetric cross-entropy with *every* true caption/image as a positive (the
+targets are uniform over the positives) instead of only the diagonal.
 
 Everything is seeded; the same command gives the same weights on the same software.
 docs/demo_model.md records the command, time and accuracy of the bundled model.
@@ -32,7 +32,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 from make_demo_tokenizer import write_tokenizer  # noqa: E402
 
-from clipclop_jax import demo_data  # noqa: E402
+from clipclop_jax.guidance import demo_data  # noqa: E402
 
 # OpenAI CLIP's normalisation; the demo model is trained with it so every model shares it.
 MEAN = (0.48145466, 0.4578275, 0.40821073)

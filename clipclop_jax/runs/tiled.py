@@ -1,0 +1,167 @@
+"""``generate_tiled()``: a large collage of ``cols x rows`` tiles, each with its own prompt.
+
+Each tile is an ordinary ``api.generate`` run in ``OUT/tiles/rRcC`` (so it checkpoints and
+resumes like any run); tiles share one compiled program because they have the same shapes.
+The tiles' winning collages are then assembled on one large canvas (``tiles.assemble``:
+shared borders, docs/tiles.md) and rendered once at the output size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+
+import jax
+import numpy as np
+
+from clipclop_jax.collage.background import make_background
+from clipclop_jax.collage.hires import render_high_res
+from clipclop_jax.collage.tiles import TileGrid, assemble, assembled_config, tile_background
+from clipclop_jax.guidance.prompts import format_prompts, parse_grid
+from clipclop_jax.runs import preflight
+from clipclop_jax.runs.checkpoint import prepare_output_folder
+from clipclop_jax.runs.chunks import ProgressFn
+from clipclop_jax.runs.generate import generate
+from clipclop_jax.runs.outputs import GenerateResult, write_outputs
+from clipclop_jax.runs.resources import Resources, load_resources, with_absolute_paths
+from clipclop_jax.runs.settings import GenerateConfig
+from clipclop_jax.runs.setup import run_keys
+
+# The original's compositional tiles: 3 x 3 regions, each the template filled with the tile's
+# prompt.
+TEMPLATE_GRID = 3
+
+
+def tile_configs(config: GenerateConfig) -> list[GenerateConfig]:
+    """The config of every tile, row by row: its prompt, seed ``seed + i`` and regions."""
+    grid = TileGrid.parse(config.tiles)
+    if config.tile_prompts is None:
+        prompts = [config.prompt] * grid.count
+    else:
+        prompts = [
+            p
+            for row in parse_grid(config.tile_prompts, rows=grid.rows, cols=grid.cols)
+            for p in row
+        ]
+    configs = []
+    for i, prompt in enumerate(prompts):
+        regions = config.region_prompts
+        if config.tile_template is not None:
+            cell = format_prompts(config.tile_template, prompt)
+            row = " | ".join([cell] * TEMPLATE_GRID)
+            regions = " / ".join([row] * TEMPLATE_GRID)
+        configs.append(
+            dataclasses.replace(
+                config,
+                prompt=prompt,
+                seed=(config.seed + i) % 2**32,
+                region_prompts=regions,
+                tiles=None,
+                tile_prompts=None,
+                tile_template=None,
+            )
+        )
+    return configs
+
+
+def generate_tiled(
+    config: GenerateConfig,
+    *,
+    out_dir: str | os.PathLike | None = None,
+    progress_fn: ProgressFn | None = None,
+    resources: Resources | None = None,
+    overwrite: bool = False,
+    should_stop: Callable[[], bool] | None = None,
+) -> GenerateResult:
+    """Makes a tiled collage (``config.tiles``, e.g. "3x2"; see ``GenerateConfig``).
+
+    Args:
+      config: the run's settings; ``tiles`` must be set.
+      out_dir: if given, ``collage.png`` (the assembled collage, config in its text chunks),
+        ``params.npz`` (the assembled collage's parameters), ``config.json``, and one run
+        folder per tile under ``tiles/``.
+      progress_fn: ``progress_fn(step, metrics)`` with ``step`` counted over all tiles.
+      resources, overwrite, should_stop: as for ``api.generate``.
+
+    Returns:
+      The assembled collage: its image at ``cols x rows`` times the tile output size, its
+      parameters, the mean of the tiles' losses and the tiles' histories side by side.
+    """
+    if config.tiles is None:
+        raise ValueError("config.tiles is not set: use api.generate for one canvas.")
+    grid = TileGrid.parse(config.tiles)
+    config = with_absolute_paths(config)
+    preflight.check_run(config)  # per tile; before the model loads
+    if out_dir is not None:
+        out_dir = os.fspath(out_dir)
+        prepare_output_folder(out_dir, overwrite=overwrite, needed_bytes=0)
+    resources = resources or load_resources(config)
+    height, width = config.collage.canvas_shape
+    whole = None
+    if config.background_use == "global":
+        key = jax.random.key(config.seed)
+        whole = np.asarray(
+            make_background(config.background, height * grid.rows, width * grid.cols, key=key)
+        )
+    results = []
+    steps = config.optim.steps
+    configs = tile_configs(config)
+    for i, ((row, col), tile) in enumerate(zip(grid.positions(), configs, strict=True)):
+        tile_progress = None
+        if progress_fn is not None:
+
+            def tile_progress(step, metrics, done=i * steps):
+                progress_fn(done + step, metrics)
+
+        results.append(
+            generate(
+                tile,
+                out_dir=None
+                if out_dir is None
+                else os.path.join(out_dir, "tiles", f"r{row}c{col}"),
+                progress_fn=tile_progress,
+                resources=resources,
+                overwrite=overwrite,
+                should_stop=should_stop,
+                canvas_background=None if whole is None else tile_background(whole, grid, row, col),
+            )
+        )
+    collage = assemble([r.collage for r in results], grid)
+    big = assembled_config(config.collage, grid)
+    tile_h, tile_w = config.output_shape()
+    out_h, out_w = tile_h * grid.rows, tile_w * grid.cols
+    # The backgrounds the tiles were optimised over, enlarged: a noise field stays the same.
+    if config.background_use == "global":
+        whole_shape = (height * grid.rows, width * grid.cols)
+        background = make_background(
+            config.background,
+            out_h,
+            out_w,
+            key=jax.random.key(config.seed),
+            field_shape=whole_shape,
+        )
+    else:
+        rows = [
+            [
+                np.asarray(
+                    make_background(
+                        config.background,
+                        tile_h,
+                        tile_w,
+                        key=run_keys(tile.seed)[0],
+                        field_shape=(height, width),
+                    )
+                )
+                for tile in configs[r * grid.cols : (r + 1) * grid.cols]
+            ]
+            for r in range(grid.rows)
+        ]
+        background = np.concatenate([np.concatenate(row, axis=1) for row in rows], axis=0)
+    image = render_high_res(collage, resources.library.high, background, big, out_h, out_w)
+    loss = float(np.mean([r.loss for r in results]))
+    history = np.concatenate([r.history for r in results], axis=1)
+    result = GenerateResult(image, collage, loss, history, out_dir)
+    if out_dir is not None:
+        write_outputs(out_dir, config, result, resources.library)
+    return result

@@ -33,7 +33,8 @@ from clipclop_jax.blend.poisson import poisson_blend
 from clipclop_jax.blend.seams import BACKGROUND, blend_collage, collage_guidance, collage_layers
 from clipclop_jax.collage.params import random_collage
 from clipclop_jax.config import CollageConfig
-from clipclop_jax.library.patch_library import PatchLibrary, load_library
+from clipclop_jax.library.load import load_library
+from clipclop_jax.library.patch_library import PatchLibrary
 
 PAPER = (0.93, 0.91, 0.85)  # background colour
 

@@ -45,7 +45,7 @@ def main():
     from clipclop_jax.guidance.augment import AugmentConfig
     from clipclop_jax.guidance.objective import Guidance
     from clipclop_jax.guidance.perceptor import load_perceptor
-    from clipclop_jax.library.patch_library import load_library
+    from clipclop_jax.library.load import load_library
     from clipclop_jax.search.evolution import EvolutionConfig
     from clipclop_jax.search.optimise import (
         init_state,

@@ -19,7 +19,7 @@ from clipclop_jax.collage.params import Collage, random_population
 from clipclop_jax.collage.render import render
 from clipclop_jax.collage.transforms import window_shape
 from clipclop_jax.config import CollageConfig
-from clipclop_jax.library.patch_library import load_library
+from clipclop_jax.library.load import load_library
 
 
 def measure(fun, args, repeats):

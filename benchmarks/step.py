@@ -31,7 +31,7 @@ from clipclop_jax.config import CollageConfig, OptimConfig
 from clipclop_jax.guidance.augment import AugmentConfig, random_augment
 from clipclop_jax.guidance.objective import Guidance
 from clipclop_jax.guidance.perceptor import OPENAI_MEAN, OPENAI_STD, Perceptor, load_perceptor
-from clipclop_jax.library.patch_library import load_library
+from clipclop_jax.library.load import load_library
 from clipclop_jax.search.optimise import init_state, make_chunk, make_optimizer
 from clipclop_jax.search.sharding import place, population_mesh
 

@@ -6,13 +6,9 @@ from clipclop_jax.collage.render import render, render_population
 from clipclop_jax.config import CollageConfig, OptimConfig
 from clipclop_jax.guidance.augment import AugmentConfig
 from clipclop_jax.guidance.perceptor import Perceptor, PerceptorError, PromptError, load_perceptor
-from clipclop_jax.library.patch_library import (
-    Library,
-    LibraryError,
-    PatchLibrary,
-    load_library,
-    save_library,
-)
+from clipclop_jax.library.file_formats import save_library
+from clipclop_jax.library.load import load_library
+from clipclop_jax.library.patch_library import Library, LibraryError, PatchLibrary
 from clipclop_jax.runs.batch import BatchItem, generate_batch
 from clipclop_jax.runs.generate import generate, resume
 from clipclop_jax.runs.interrupt import RunInterrupted, StopOnSignal

@@ -23,16 +23,13 @@ from clipclop_jax import (
     load_perceptor,
 )
 from clipclop_jax.cli.main import main
+from clipclop_jax.library import npz_reader
 from clipclop_jax.library import patch_library as library_module
-from clipclop_jax.library import sources as patch_sources
-from clipclop_jax.library.patch_library import (
-    LIBRARY_FORMAT,
-    LibraryError,
-    library_from_cutouts,
-    load_library,
-    save_library,
-)
-from clipclop_jax.library.sources import load_library_subset, open_sources
+from clipclop_jax.library.file_formats import LIBRARY_FORMAT, save_library
+from clipclop_jax.library.load import load_library
+from clipclop_jax.library.npz_reader import load_library_subset
+from clipclop_jax.library.patch_library import LibraryError, library_from_cutouts
+from clipclop_jax.library.sources import open_sources
 from clipclop_jax.runs import checkpoint
 from clipclop_jax.runs.batch import generate_batch
 from clipclop_jax.runs.generate import resume
@@ -188,7 +185,7 @@ def no_resampling(monkeypatch):
 
     def forbid():
         monkeypatch.setattr(library_module, "square_patch", refuse)
-        monkeypatch.setattr(patch_sources, "square_patch", refuse)
+        monkeypatch.setattr(npz_reader, "square_patch", refuse)
 
     return forbid
 

@@ -14,12 +14,9 @@ from PIL import Image
 
 from clipclop_jax import io
 from clipclop_jax.library.builtins import PAINTED_SHAPES, PAINTS
-from clipclop_jax.library.patch_library import (
-    LibraryError,
-    library_from_cutouts,
-    load_library,
-    save_library,
-)
+from clipclop_jax.library.file_formats import save_library
+from clipclop_jax.library.load import load_library
+from clipclop_jax.library.patch_library import LibraryError, library_from_cutouts
 
 
 def _disc(size=40, radius=12, colour=(200, 40, 30)):
@@ -118,7 +115,7 @@ def test_corrupt_nonimage_and_transparent_files_are_skipped_with_warnings(tmp_pa
     (tmp_path / "notes.txt").write_text("not an image")
     Image.fromarray(np.zeros((8, 8, 4), np.uint8), "RGBA").save(tmp_path / "empty.png")
 
-    with caplog.at_level(logging.WARNING, logger="clipclop_jax.library.patch_library"):
+    with caplog.at_level(logging.WARNING, logger="clipclop_jax.library.load"):
         library = _load(tmp_path, cache)
 
     assert library.names == ("good.png",)
@@ -173,7 +170,7 @@ def test_decompression_bomb_is_refused_without_decoding(tmp_path, cache, caplog)
     with pytest.raises(io.ImageReadError, match="decompression bomb"):
         io.read_rgba(tmp_path / "bomb.png")
     Image.fromarray(_disc(), "RGBA").save(tmp_path / "ok.png")
-    with caplog.at_level(logging.WARNING, logger="clipclop_jax.library.patch_library"):
+    with caplog.at_level(logging.WARNING, logger="clipclop_jax.library.load"):
         assert _load(tmp_path, cache).names == ("ok.png",)
     assert "bomb.png" in caplog.text
 

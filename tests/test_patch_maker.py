@@ -13,10 +13,12 @@ from PIL import Image
 skimage_data = pytest.importorskip("skimage.data")
 
 from clipclop_jax.cli import patches as cli_patches  # noqa: E402
-from clipclop_jax.library import contact_sheet  # noqa: E402
+from clipclop_jax.library import contact_sheet, curation  # noqa: E402
 from clipclop_jax.library import maker as patch_maker  # noqa: E402
-from clipclop_jax.library.patch_library import LIBRARY_FORMAT, load_library, save_library  # noqa: E402
-from clipclop_jax.library.sources import SourceError, open_sources, parse_tfds  # noqa: E402
+from clipclop_jax.library.file_formats import LIBRARY_FORMAT, save_library  # noqa: E402
+from clipclop_jax.library.load import load_library  # noqa: E402
+from clipclop_jax.library.patch_library import SourceError  # noqa: E402
+from clipclop_jax.library.sources import open_sources, parse_tfds  # noqa: E402
 
 SMALL = dict(side=32, dedupe_threshold=0.0, min_width=4, min_height=4, min_coverage=0.0)
 
@@ -139,7 +141,7 @@ def _varied_stream():
 
 def _mean_distance(path):
     with np.load(path) as data:
-        thumbs = np.stack([patch_maker.thumbnail(s) for s in data["rgba"]])
+        thumbs = np.stack([curation.thumbnail(s) for s in data["rgba"]])
     pairs = np.sqrt(((thumbs[:, None] - thumbs[None]) ** 2).mean(-1))
     return pairs[np.triu_indices(len(thumbs), 1)].mean()
 
@@ -162,7 +164,7 @@ def test_random_selection_is_a_uniform_sample(tmp_path):
     first = last = 0
     trials = 150
     for seed in range(trials):
-        store = patch_maker.SlotStore(
+        store = curation.SlotStore(
             tmp_path / "slots.bin",
             8,
             capacity=5,

@@ -9,7 +9,7 @@
 * ``photos``: object-like cut-outs of the colour photographs that scikit-image's wheel
   ships, segmented into SLIC superpixels with feathered edges.
 
-Both are deterministic; ``library.load_library`` caches what they make.
+Both are deterministic; ``load.load_library`` caches what they make.
 """
 
 from __future__ import annotations

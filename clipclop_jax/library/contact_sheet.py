@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from clipclop_jax import io
-from clipclop_jax.library.sources import NpyRows
+from clipclop_jax.library.npz_reader import NpyRows
 
 # Most patches one sheet shows; a larger library is sampled evenly across its order.
 MAX_SHOWN = 256

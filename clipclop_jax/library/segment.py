@@ -11,7 +11,7 @@ edges allowed). ``cutout_from_mask`` turns one mask into a feathered, cropped cu
   (scikit-image), kept if object-sized and compact.
 * ``model_masks``: a learned segmentation model the user supplies (``MaskModel``).
 
-Segmenters never resize, filter by pixel size or pick between images: ``patch_maker`` does.
+Segmenters never resize, filter by pixel size or pick between images: ``maker`` and ``curation`` do.
 """
 
 from __future__ import annotations

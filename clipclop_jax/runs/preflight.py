@@ -22,7 +22,8 @@ import jax
 
 from clipclop_jax.collage.background import check_background
 from clipclop_jax.guidance.prompts import PromptError, parse_grid, parse_prompts
-from clipclop_jax.library.patch_library import BUILTIN, LibraryError
+from clipclop_jax.library.load import BUILTIN
+from clipclop_jax.library.patch_library import LibraryError
 
 # Bytes per canvas pixel of one collage whose gradient step is in flight: the render's
 # accumulators, image, crops and their gradients. Measured on CPU as ~720 (peak RSS of a

@@ -15,13 +15,9 @@ import numpy as np
 
 from clipclop_jax.collage.background import parse_colour
 from clipclop_jax.guidance.perceptor import DEMO, Perceptor, PerceptorError, load_perceptor
-from clipclop_jax.library.patch_library import (
-    BUILTIN,
-    Library,
-    LibraryError,
-    load_library,
-)
-from clipclop_jax.library.sources import load_library_subset
+from clipclop_jax.library.load import BUILTIN, load_library
+from clipclop_jax.library.npz_reader import load_library_subset
+from clipclop_jax.library.patch_library import Library, LibraryError
 from clipclop_jax.runs import checkpoint
 from clipclop_jax.runs.settings import GenerateConfig
 

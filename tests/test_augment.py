@@ -8,17 +8,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from clipclop_jax.guidance.augment import (
-    AugmentConfig,
-    crop_matrix,
-    image_corners,
-    perspective_matrix,
-    random_augment,
-    random_augment_matrices,
-    random_crop_box,
-    random_perspective_matrix,
-    warp,
-)
+from clipclop_jax.guidance.augment import AugmentConfig, random_augment, random_augment_matrices
+from clipclop_jax.guidance.random_warps import random_crop_box, random_perspective_matrix
+from clipclop_jax.guidance.warp import crop_matrix, image_corners, perspective_matrix, warp
 
 H, W = 24, 32  # test image (non-square, to catch x/y mix-ups)
 OUT = (20, 28)

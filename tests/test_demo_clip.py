@@ -7,7 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from clipclop_jax.guidance import demo_data
+from clipclop_jax.guidance.demo_data.captions import vocabulary
+from clipclop_jax.guidance.demo_data.drawing import draw
+from clipclop_jax.guidance.demo_data.scenes import sample_batch
+from clipclop_jax.guidance.demo_data.zero_shot import zero_shot_accuracy
 from clipclop_jax.guidance.perceptor import demo_model_path, load_perceptor
 
 # Training draws from seed 0 (and checks itself on seed 10_000); this is a fresh seed.
@@ -55,17 +58,15 @@ def test_tokenizer_accepts_any_prompt(demo, prompt):
 
 
 def test_caption_words_are_single_tokens(demo):
-    for word in demo_data.vocabulary():
+    for word in vocabulary():
         ids, mask = demo.tokenize([word])
         assert mask.sum() == 3, word  # start, the word, end
 
 
 @pytest.fixture(scope="module")
 def held_out(demo):
-    batch = demo_data.sample_batch(
-        np.random.default_rng(HELD_OUT_SEED), 1000, kinds=(1.0, 0.0, 0.0)
-    )
-    images = jax.jit(demo_data.draw, static_argnums=1)(batch.scenes, demo.image_size)
+    batch = sample_batch(np.random.default_rng(HELD_OUT_SEED), 1000, kinds=(1.0, 0.0, 0.0))
+    images = jax.jit(draw, static_argnums=1)(batch.scenes, demo.image_size)
     embed = jax.jit(lambda p, x: demo.embed_images(p, x))
     return batch, embed(demo.params, images)
 
@@ -73,7 +74,7 @@ def held_out(demo):
 def test_zero_shot_accuracy_on_held_out_shapes(demo, held_out):
     """Colour >= 90% and shape >= 80% on fresh single-shape scenes (all sizes, warps)."""
     batch, image_embeds = held_out
-    accuracy = demo_data.zero_shot_accuracy(image_embeds, batch, demo.embed_text)
+    accuracy = zero_shot_accuracy(image_embeds, batch, demo.embed_text)
     assert accuracy["colour"] >= 0.9, accuracy
     assert accuracy["shape"] >= 0.8, accuracy
 

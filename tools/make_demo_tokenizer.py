@@ -19,7 +19,7 @@ import pathlib
 
 from transformers.models.clip.tokenization_clip import bytes_to_unicode
 
-from clipclop_jax.guidance import demo_data
+from clipclop_jax.guidance.demo_data.captions import vocabulary
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 
@@ -66,7 +66,7 @@ def build_vocab(merges: list[tuple[str, str]]) -> dict[str, int]:
 def write_tokenizer(out_dir: pathlib.Path) -> dict[str, int]:
     """Writes vocab.json and merges.txt to ``out_dir``; returns the vocabulary."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    merges = learn_merges(demo_data.vocabulary())
+    merges = learn_merges(vocabulary())
     vocab = build_vocab(merges)
     (out_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     lines = ["#version: 0.2 (clipclop-jax demo tokenizer)"] + [f"{a} {b}" for a, b in merges]

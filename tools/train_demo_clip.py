@@ -32,7 +32,14 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 from make_demo_tokenizer import write_tokenizer  # noqa: E402
 
-from clipclop_jax.guidance import demo_data  # noqa: E402
+from clipclop_jax.guidance.demo_data.captions import (  # noqa: E402
+    COLOUR_NAMES,
+    caption_matches,
+    label_targets,
+)
+from clipclop_jax.guidance.demo_data.drawing import SHAPES, draw  # noqa: E402
+from clipclop_jax.guidance.demo_data.scenes import sample_batch  # noqa: E402
+from clipclop_jax.guidance.demo_data.zero_shot import zero_shot_accuracy  # noqa: E402
 
 # OpenAI CLIP's normalisation; the demo model is trained with it so every model shares it.
 MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -152,7 +159,7 @@ def main() -> None:
         }
         for key, (name, n) in zip(
             head_keys,
-            (("colour", len(demo_data.COLOUR_NAMES)), ("shape", len(demo_data.SHAPES))),
+            (("colour", len(COLOUR_NAMES)), ("shape", len(SHAPES))),
             strict=True,
         )
     }
@@ -206,8 +213,8 @@ def main() -> None:
 
     # Class prompts: every image is also scored against all colours and all shapes, a dense
     # signal with guaranteed hard negatives (in-batch captions rarely differ in shape only).
-    colour_prompts = [f"something {c}" for c in demo_data.COLOUR_NAMES]
-    shape_prompts = [f"a {s}" for s in demo_data.SHAPES]
+    colour_prompts = [f"something {c}" for c in COLOUR_NAMES]
+    shape_prompts = [f"a {s}" for s in SHAPES]
     class_ids, class_mask = tokens(colour_prompts + shape_prompts)
     num_colours = len(colour_prompts)
 
@@ -232,7 +239,7 @@ def main() -> None:
         Only shapes: adding the colour probe (or a projection, or gradient clipping) slowed
         shape learning by half in short trials.
         """
-        images = demo_data.draw(scenes, args.image_size)
+        images = draw(scenes, args.image_size)
         pixels = (images - mean) / std
         features = module.apply(
             # FlaxCLIPModule.setup declares logit_scale, so it must be present.
@@ -244,7 +251,7 @@ def main() -> None:
 
     def loss_fn(p, scenes, ids, mask, matches, colour_targets, shape_targets):
         """Phase 2: contrastive + class prompts + probes, every weight."""
-        images = demo_data.draw(scenes, args.image_size)
+        images = draw(scenes, args.image_size)
         all_ids = jnp.concatenate([ids, class_ids])
         all_mask = jnp.concatenate([mask, class_mask])
         image_embeds, text_embeds, features = embed(p["clip"], images, all_ids, all_mask)
@@ -274,17 +281,15 @@ def main() -> None:
         return step
 
     def host_batch(rng, kinds):
-        batch = demo_data.sample_batch(rng, args.batch_size, kinds=kinds)
+        batch = sample_batch(rng, args.batch_size, kinds=kinds)
         ids, mask = tokens(batch.captions)
-        matches = demo_data.caption_matches(batch.labels, batch.mentioned).astype(np.float32)
-        colour_targets, shape_targets = demo_data.label_targets(batch.labels)
+        matches = caption_matches(batch.labels, batch.mentioned).astype(np.float32)
+        colour_targets, shape_targets = label_targets(batch.labels)
         return batch.scenes, ids, mask, matches, colour_targets, shape_targets
 
     # Held-out check during training (the test uses its own, different seed).
-    eval_batch = demo_data.sample_batch(
-        np.random.default_rng(10_000 + args.seed), 512, kinds=(1.0, 0.0, 0.0)
-    )
-    eval_images = jax.jit(demo_data.draw, static_argnums=1)(eval_batch.scenes, args.image_size)
+    eval_batch = sample_batch(np.random.default_rng(10_000 + args.seed), 512, kinds=(1.0, 0.0, 0.0))
+    eval_images = jax.jit(draw, static_argnums=1)(eval_batch.scenes, args.image_size)
 
     def evaluate(train_params):
         p = train_params["clip"]
@@ -296,7 +301,7 @@ def main() -> None:
             ids, mask = tokens(texts)
             return embed(p, jnp.zeros((1, args.image_size, args.image_size, 3)), ids, mask)[1]
 
-        return demo_data.zero_shot_accuracy(embed_images(eval_images), eval_batch, embed_texts)
+        return zero_shot_accuracy(embed_images(eval_images), eval_batch, embed_texts)
 
     def run(phase, params, loss, steps, *, kinds, clip_norm, evaluate_every=0):
         """Runs ``steps`` optimiser steps of one phase; returns the trained params."""

@@ -27,7 +27,7 @@ VERSION = 2
 SHAPE_SIDE = 256
 SUPERSAMPLE = 4
 # The demo CLIP's colour and shape words; each RGB lies inside the HSV range that
-# demo_data draws for that colour name, so the demo model names them right.
+# guidance.demo_data.captions.COLOURS gives that colour name, so the demo model names them right.
 PAINTS = {
     "red": (220, 30, 30),
     "orange": (245, 140, 20),

@@ -20,11 +20,11 @@ from clipclop_jax.collage.hires import render_high_res
 from clipclop_jax.collage.tiles import TileGrid, assemble, assembled_config, tile_background
 from clipclop_jax.guidance.prompts import format_prompts, parse_grid
 from clipclop_jax.runs import preflight
-from clipclop_jax.runs.checkpoint import prepare_output_folder
 from clipclop_jax.runs.chunks import ProgressFn
 from clipclop_jax.runs.generate import generate
 from clipclop_jax.runs.outputs import GenerateResult, write_outputs
 from clipclop_jax.runs.resources import Resources, load_resources, with_absolute_paths
+from clipclop_jax.runs.run_folder import prepare_output_folder
 from clipclop_jax.runs.settings import GenerateConfig
 from clipclop_jax.runs.setup import run_keys
 

@@ -13,7 +13,7 @@ for the same config): leaves are checked against it by path, shape and dtype, so
 never silently feeds a run of another shape. Resuming also refuses another patch library or
 CLIP model (``check_fingerprints``, ``model_fingerprint``). A new field of the saved state goes
 in ``meta`` here, with ``FORMAT`` raised if old files cannot be read. The folder's other files
-and its checks before a run are in ``run_folder.py``. See docs/runs.md.
+and its checks before a run are in ``run_folder``. See docs/runs.md.
 """
 
 from __future__ import annotations

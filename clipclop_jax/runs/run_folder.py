@@ -7,7 +7,7 @@ unless ``overwrite``, which then removes only what a run wrote there: ``remove_r
 (``CONFIG_FILE``, ``PARAMS_FILE``, ``CHECKPOINT_DIR``, ...) are the folder's layout
 (docs/runs.md): a new file a run writes gets its name here and a pattern in ``_RUN_FILES`` or
 ``_STEP_FILES``, so that ``--overwrite`` removes it. Checkpoints themselves are in
-``checkpoint.py``.
+``checkpoint``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """``generate_tiled()``: a large collage of ``cols x rows`` tiles, each with its own prompt.
 
-Each tile is an ordinary ``api.generate`` run in ``OUT/tiles/rRcC`` (so it checkpoints and
+Each tile is an ordinary ``generate.generate`` run in ``OUT/tiles/rRcC`` (so it checkpoints and
 resumes like any run); tiles share one compiled program because they have the same shapes.
 The tiles' winning collages are then assembled on one large canvas (``tiles.assemble``:
 shared borders, docs/tiles.md) and rendered once at the output size.
@@ -82,14 +82,14 @@ def generate_tiled(
         ``params.npz`` (the assembled collage's parameters), ``config.json``, and one run
         folder per tile under ``tiles/``.
       progress_fn: ``progress_fn(step, metrics)`` with ``step`` counted over all tiles.
-      resources, overwrite, should_stop: as for ``api.generate``.
+      resources, overwrite, should_stop: as for ``generate.generate``.
 
     Returns:
       The assembled collage: its image at ``cols x rows`` times the tile output size, its
       parameters, the mean of the tiles' losses and the tiles' histories side by side.
     """
     if config.tiles is None:
-        raise ValueError("config.tiles is not set: use api.generate for one canvas.")
+        raise ValueError("config.tiles is not set: use generate for one canvas.")
     grid = TileGrid.parse(config.tiles)
     config = with_absolute_paths(config)
     preflight.check_run(config)  # per tile; before the model loads

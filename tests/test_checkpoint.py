@@ -25,7 +25,7 @@ from clipclop_jax import (
     load_perceptor,
 )
 from clipclop_jax.cli.main import main
-from clipclop_jax.runs import checkpoint, video
+from clipclop_jax.runs import checkpoint, run_folder, video
 from clipclop_jax.runs.generate import resume
 from clipclop_jax.runs.resources import model_fingerprint
 from clipclop_jax.runs.setup import state_template
@@ -179,13 +179,13 @@ def test_an_existing_output_folder_is_never_silently_overwritten(tmp_path):
     (out / "collage.png").write_bytes(b"old")
     (out / "checkpoints").mkdir()
     (out / "notes.txt").write_text("mine")
-    with pytest.raises(checkpoint.OutputFolderError, match="already exists and is not empty"):
-        checkpoint.prepare_output_folder(out)
+    with pytest.raises(run_folder.OutputFolderError, match="already exists and is not empty"):
+        run_folder.prepare_output_folder(out)
     assert (out / "collage.png").read_bytes() == b"old"
-    checkpoint.prepare_output_folder(out, overwrite=True)
+    run_folder.prepare_output_folder(out, overwrite=True)
     assert sorted(os.listdir(out)) == ["notes.txt"]  # only the old run's files go
-    checkpoint.prepare_output_folder(tmp_path / "empty")  # new or empty folders are fine
-    checkpoint.prepare_output_folder(tmp_path / "empty")
+    run_folder.prepare_output_folder(tmp_path / "empty")  # new or empty folders are fine
+    run_folder.prepare_output_folder(tmp_path / "empty")
 
 
 @pytest.fixture(scope="module")
@@ -201,23 +201,23 @@ def test_problems_with_the_output_folder_stop_the_run_before_it_loads(tmp_path, 
 
     monkeypatch.setattr("clipclop_jax.runs.generate.load_resources", no_loading)
     (tmp_path / "file").write_text("x")
-    with pytest.raises(checkpoint.OutputFolderError, match="cannot write to"):
+    with pytest.raises(run_folder.OutputFolderError, match="cannot write to"):
         generate(TINY, out_dir=tmp_path / "file" / "run")
     if os.geteuid() != 0:  # root writes anywhere
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)
-        with pytest.raises(checkpoint.OutputFolderError, match="cannot write to"):
+        with pytest.raises(run_folder.OutputFolderError, match="cannot write to"):
             generate(TINY, out_dir=locked / "run")
 
-    usage = checkpoint.shutil.disk_usage(tmp_path)
-    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda path: usage._replace(free=1000))
-    with pytest.raises(checkpoint.OutputFolderError, match=r"has 0\.0 MiB free but this run"):
+    usage = run_folder.shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(run_folder.shutil, "disk_usage", lambda path: usage._replace(free=1000))
+    with pytest.raises(run_folder.OutputFolderError, match=r"has 0\.0 MiB free but this run"):
         generate(TINY, out_dir=tmp_path / "full")
 
 
 def test_main_reports_a_full_disk_in_one_line(tmp_path, monkeypatch, capsys):
-    usage = checkpoint.shutil.disk_usage(tmp_path)
-    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda path: usage._replace(free=0))
+    usage = run_folder.shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(run_folder.shutil, "disk_usage", lambda path: usage._replace(free=0))
     code = main(["generate", "a red circle", "--out", str(tmp_path / "run"), "--quiet"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "free but this run needs" in err

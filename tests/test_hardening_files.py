@@ -30,7 +30,7 @@ from clipclop_jax.library.load import load_library
 from clipclop_jax.library.npz_reader import load_library_subset
 from clipclop_jax.library.patch_library import LibraryError, library_from_cutouts
 from clipclop_jax.library.sources import open_sources
-from clipclop_jax.runs import checkpoint
+from clipclop_jax.runs import checkpoint, run_folder
 from clipclop_jax.runs.batch import generate_batch
 from clipclop_jax.runs.generate import resume
 from clipclop_jax.runs.interrupt import RunInterrupted
@@ -402,7 +402,7 @@ def _files(folder):
 
 def test_overwrite_removes_only_the_files_a_run_wrote(tmp_path):
     _fill(tmp_path, USER_FILES + RUN_FILES)
-    checkpoint.prepare_output_folder(tmp_path, overwrite=True)
+    run_folder.prepare_output_folder(tmp_path, overwrite=True)
     assert _files(tmp_path) == sorted(USER_FILES)
     assert not (tmp_path / "tiles" / "r0c1").exists()  # emptied run folders go
     assert not (tmp_path / "tiles" / "r0c0" / "checkpoints").exists()

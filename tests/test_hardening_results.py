@@ -26,7 +26,7 @@ from clipclop_jax.cli.main import main
 from clipclop_jax.collage.background import make_background
 from clipclop_jax.collage.params import random_population, take
 from clipclop_jax.guidance.prompts import PromptError
-from clipclop_jax.runs import checkpoint, preflight
+from clipclop_jax.runs import checkpoint, preflight, run_folder
 from clipclop_jax.runs.interrupt import FinalRenderError
 from clipclop_jax.runs.outputs import final_image
 from clipclop_jax.runs.reblend import blend_run
@@ -86,11 +86,11 @@ def test_a_zero_step_run_writes_a_scored_collage(resources, tmp_path):
         jax.tree.map(lambda a: np.asarray(a)[None], result.collage),
     )
     np.testing.assert_allclose(result.loss, expected[0], rtol=1e-5)
-    saved, _ = load_collage(tmp_path / "run" / checkpoint.PARAMS_FILE)
-    with np.load(tmp_path / "run" / checkpoint.PARAMS_FILE) as data:
+    saved, _ = load_collage(tmp_path / "run" / run_folder.PARAMS_FILE)
+    with np.load(tmp_path / "run" / run_folder.PARAMS_FILE) as data:
         assert float(data["loss"]) == pytest.approx(result.loss)
     np.testing.assert_array_equal(saved.patch_index, result.collage.patch_index)
-    assert (tmp_path / "run" / checkpoint.COLLAGE_FILE).is_file()
+    assert (tmp_path / "run" / run_folder.COLLAGE_FILE).is_file()
 
 
 def test_a_run_whose_every_loss_is_nan_ends_in_an_error(resources, tmp_path):
@@ -98,8 +98,8 @@ def test_a_run_whose_every_loss_is_nan_ends_in_an_error(resources, tmp_path):
     out = tmp_path / "run"
     with pytest.raises(ValueError, match="every loss of this run was NaN or infinite"):
         generate(TINY, out_dir=out, resources=resources, canvas_background=nan_background)
-    assert not (out / checkpoint.COLLAGE_FILE).exists()
-    assert not (out / checkpoint.PARAMS_FILE).exists()
+    assert not (out / run_folder.COLLAGE_FILE).exists()
+    assert not (out / run_folder.PARAMS_FILE).exists()
 
 
 # --- item 5: the saved picture's background is the optimised one --------------------------
@@ -187,10 +187,10 @@ def test_a_failed_final_render_leaves_params_and_checkpoint(resources, tmp_path,
     out = tmp_path / "run"
     with pytest.raises(FinalRenderError, match=r"final render at 64x64 failed \(MemoryError"):
         generate(TINY, out_dir=out, resources=resources)
-    collage, _ = load_collage(out / checkpoint.PARAMS_FILE)
+    collage, _ = load_collage(out / run_folder.PARAMS_FILE)
     saved = checkpoint.load_latest(out)
     assert saved.step == TINY.optim.steps
-    assert not (out / checkpoint.COLLAGE_FILE).exists()
+    assert not (out / run_folder.COLLAGE_FILE).exists()
     monkeypatch.undo()
     # What was saved renders the collage: blend_run re-renders from params.npz.
     assert os.path.isfile(blend_run(out, "poisson", resources=resources))
@@ -207,7 +207,7 @@ def test_the_cli_reports_a_failed_final_render_in_one_line(tmp_path, monkeypatch
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "is safe in" in err and "params.npz" in err
-    assert (out / checkpoint.PARAMS_FILE).is_file()
+    assert (out / run_folder.PARAMS_FILE).is_file()
 
 
 # --- item 13: what can be checked is checked before the model loads -------------------------

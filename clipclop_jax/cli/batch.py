@@ -1,6 +1,6 @@
 """``clipclop batch PROMPTS.txt --out DIR``: argv -> ``batch.generate_batch``, with a progress bar.
 
-``cli.py`` adds the subcommand with ``add_batch_parser(subparsers)`` and runs it with
+``main.py`` adds the subcommand with ``add_batch_parser(subparsers)`` and runs it with
 ``run_batch(args)``; errors are ``ValueError``/``OSError`` with one-line messages. Settings
 come as for ``clipclop generate``: ``--config FILE``, then the options below, then ``--set
 KEY=VALUE`` (any setting by its dotted name).

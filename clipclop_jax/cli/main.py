@@ -1,4 +1,4 @@
-"""Command line: argv -> config -> api. Nothing below api.py knows about the terminal."""
+"""Command line: argv -> config -> runs. Nothing below the cli package knows about the terminal."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""``clipclop patches build``: argv -> ``patch_maker.build_library``, with a progress bar.
+"""``clipclop patches build``: argv -> ``maker.build_library``, with a progress bar.
 
-``cli.py`` adds the subcommand with ``add_patches_parser(subparsers)`` and runs it with
+``main.py`` adds the subcommand with ``add_patches_parser(subparsers)`` and runs it with
 ``run_patches(args)``; errors are ``ValueError``/``OSError`` with one-line messages.
 """
 

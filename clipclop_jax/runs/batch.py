@@ -1,6 +1,6 @@
 """Batch generation: one collage per prompt, one compiled program for all of them.
 
-``generate_batch`` loads the CLIP model and patch library once and calls ``api.generate`` for
+``generate_batch`` loads the CLIP model and patch library once and calls ``generate.generate`` for
 each prompt with the same settings. Prompts are arguments of the compiled chunk, not
 constants, so every prompt with the same number of ``|``-separated parts reuses the program
 the first one compiled. A prompt that fails is recorded with its error and the batch goes on;
@@ -37,7 +37,8 @@ COLLAGE_FILE = "collage.png"
 CSV_COLUMNS = ("index", "prompt", "status", "loss", "image", "seconds", "error")
 MAX_SLUG = 48
 
-# progress_fn(prompt_index, step, metrics): ``api.generate``'s callback with the prompt's index.
+# progress_fn(prompt_index, step, metrics): ``generate.generate``'s callback with the
+# prompt's index.
 BatchProgressFn = Callable[[int, int, dict[str, float]], None]
 
 

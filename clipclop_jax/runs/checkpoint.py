@@ -1,4 +1,4 @@
-"""A run's folder on disk: checkpoints of the run state, and checks before a run writes there.
+"""A run's checkpoints: save, list, load and restore the run state, and check its fingerprints.
 
 A checkpoint is one ``.npz`` file, ``checkpoints/step-000000040.npz``, written atomically
 (temporary file, fsync, rename; ``io.atomic_write_bytes``), so a crash or a kill at any
@@ -10,7 +10,10 @@ library and CLIP model, the key's PRNG implementation and the leaves' tree paths
 
 Restoring needs a *template*, the run state's structure (``jax.eval_shape`` of a fresh state
 for the same config): leaves are checked against it by path, shape and dtype, so a checkpoint
-never silently feeds a run of another shape. See docs/runs.md.
+never silently feeds a run of another shape. Resuming also refuses another patch library or
+CLIP model (``check_fingerprints``, ``model_fingerprint``). A new field of the saved state goes
+in ``meta`` here, with ``FORMAT`` raised if old files cannot be read. The folder's other files
+and its checks before a run are in ``run_folder``. See docs/runs.md.
 """
 
 from __future__ import annotations
@@ -20,8 +23,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import tempfile
 import zipfile
 from typing import Any, NamedTuple
 
@@ -29,43 +30,13 @@ import jax
 import numpy as np
 
 from clipclop_jax import io, safe_npy
-from clipclop_jax.blend.seams import BLEND_MODES
+from clipclop_jax.runs.run_folder import CHECKPOINT_DIR
 from clipclop_jax.search.optimise import RunState
 from clipclop_jax.version import __version__
 
 FORMAT = 1
 
-# The run folder's layout (docs/runs.md).
-CONFIG_FILE = "config.json"
-COLLAGE_FILE = "collage.png"
-PARAMS_FILE = "params.npz"
-CHECKPOINT_DIR = "checkpoints"
-FRAME_DIR = "frames"
-GIF_FILE = "evolution.gif"
-MP4_FILE = "evolution.mp4"
-TILE_DIR = "tiles"  # a tiled run's folder holds one run folder per tile, tiles/rRcC
-
-# The names a run writes, by folder (docs/runs.md); --overwrite removes these and nothing
-# else. ``collage-MODE.png`` is what ``api.blend_run`` adds.
-_BLENDS = "|".join(m for m in BLEND_MODES if m != "none")
-_RUN_FILES = rf"config\.json|collage(?:-(?:{_BLENDS}))?\.png|params\.npz|evolution\.(?:gif|mp4)"
-# Any step-N file there is ours: list_checkpoints and video.list_frames read them all.
-_STEP_FILES = {CHECKPOINT_DIR: r"step-\d+\.npz", FRAME_DIR: r"step-\d+\.png"}
-_TILE_FOLDER = re.compile(r"r\d+c\d+")
-
-
-def _own(pattern: str) -> re.Pattern:
-    # A file of ours, or a write of one that never finished (io.atomic_path names it
-    # ".tmp-XXXXXXXX<name>"; video and the writability probe use ".tmp-<pid>-<name>" and
-    # ".tmp-probe-XXXXXXXX").
-    return re.compile(rf"(?:\.tmp-[^/]*?)?(?:{pattern})|\.tmp-probe-\w+")
-
-
 _NAME = re.compile(r"^step-(\d+)\.npz$")
-
-
-class OutputFolderError(ValueError):
-    """A run's folder cannot be used; the message says why and what to do."""
 
 
 class Checkpoint(NamedTuple):
@@ -294,110 +265,6 @@ def model_fingerprint(params: Any) -> str:
         values = np.asarray(flat[i][1]).reshape(-1)
         digest.update(np.ascontiguousarray(values[:: max(1, values.size // 65536)]).tobytes())
     return digest.hexdigest()[:32]
-
-
-def prepare_output_folder(
-    out_dir: str | os.PathLike, *, overwrite: bool = False, needed_bytes: int = 0
-) -> None:
-    """Makes ``out_dir`` ready for a new run, or refuses before any work is done.
-
-    An existing folder that is not empty is refused unless ``overwrite``, which then removes
-    the files a previous run wrote there (``remove_run_files``) and nothing else.
-
-    Raises:
-      OutputFolderError: the folder exists and holds files, is not writable, or its disk has
-        less than ``needed_bytes`` free.
-    """
-    out_dir = os.fspath(out_dir)
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise OutputFolderError(f"{out_dir} exists and is a file: choose a folder for the run.")
-    if os.path.isdir(out_dir) and os.listdir(out_dir):
-        if not overwrite:
-            raise OutputFolderError(
-                f"{out_dir} already exists and is not empty: choose another output folder, "
-                "overwrite it (--overwrite, overwrite=True), or continue its run (clipclop "
-                "resume)."
-            )
-        remove_run_files(out_dir)
-    check_output_folder(out_dir, needed_bytes=needed_bytes)
-
-
-def remove_run_files(out_dir: str | os.PathLike) -> None:
-    """Removes the files a run (plain or tiled) wrote in ``out_dir``, matched by exact name,
-    and then its sub-folders that are left empty. Any other file stays, wherever it is."""
-    out_dir = os.fspath(out_dir)
-    _remove_matching(out_dir, _own(_RUN_FILES))
-    for folder, pattern in _STEP_FILES.items():
-        path = os.path.join(out_dir, folder)
-        if os.path.isdir(path):
-            _remove_matching(path, _own(pattern))
-            _remove_if_empty(path)
-    tiles = os.path.join(out_dir, TILE_DIR)
-    if os.path.isdir(tiles):
-        for name in os.listdir(tiles):
-            path = os.path.join(tiles, name)
-            if _TILE_FOLDER.fullmatch(name) and os.path.isdir(path):
-                remove_run_files(path)
-                _remove_if_empty(path)
-        _remove_if_empty(tiles)
-
-
-def _remove_matching(folder: str, pattern: re.Pattern) -> None:
-    for name in os.listdir(folder):
-        path = os.path.join(folder, name)
-        # A link is removed, never what it points to; a folder with our name is not ours.
-        if pattern.fullmatch(name) and (os.path.islink(path) or not os.path.isdir(path)):
-            os.remove(path)
-
-
-def _remove_if_empty(folder: str) -> None:
-    if not os.path.islink(folder) and not os.listdir(folder):
-        os.rmdir(folder)
-
-
-def check_output_folder(out_dir: str | os.PathLike, *, needed_bytes: int = 0) -> None:
-    """Creates ``out_dir`` if needed and checks that a file can be written there and that its
-    disk has ``needed_bytes`` free.
-
-    Raises:
-      OutputFolderError: it cannot be created or written, or the disk is too full.
-    """
-    out_dir = os.fspath(out_dir)
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".tmp-probe-", dir=out_dir)
-        try:
-            os.write(fd, b"clipclop")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-            os.remove(probe)
-    except OSError as error:
-        reason = error.strerror or str(error)
-        raise OutputFolderError(
-            f"cannot write to {out_dir} ({reason}): choose a writable output folder."
-        ) from None
-    free = shutil.disk_usage(out_dir).free
-    if free < needed_bytes:
-        raise OutputFolderError(
-            f"{out_dir} has {_mib(free)} free but this run needs about {_mib(needed_bytes)} "
-            "(checkpoints, images, frames): free some space or choose another output folder."
-        )
-
-
-def state_nbytes(template: Any) -> int:
-    """Bytes of a run state's arrays (a key counts as its raw data)."""
-    total = 0
-    for leaf in jax.tree.leaves(template):
-        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
-            total += 16
-        else:
-            total += int(np.prod(leaf.shape)) * np.dtype(leaf.dtype).itemsize
-    return total
-
-
-def _mib(count: int) -> str:
-    return f"{count / 2**20:.1f} MiB"
 
 
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:

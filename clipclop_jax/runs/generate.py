@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from clipclop_jax import io
-from clipclop_jax.runs import checkpoint, preflight, video
+from clipclop_jax.runs import checkpoint, preflight, run_folder, video
 from clipclop_jax.runs.chunks import ProgressFn, compiled_chunk, run_chunks
 from clipclop_jax.runs.interrupt import RunInterrupted
 from clipclop_jax.runs.outputs import (
@@ -97,14 +97,14 @@ def generate(
         if out_dir is not None:
             out_dir = os.fspath(out_dir)
             video.check_video_support(gif=config.output.gif, mp4=config.output.mp4)
-            checkpoint.prepare_output_folder(
+            run_folder.prepare_output_folder(
                 out_dir, overwrite=overwrite, needed_bytes=estimate_output_bytes(config)
             )
         resources = resources or load_resources(config)
         run = prepare_run(config, resources, canvas_background)
         if out_dir is not None:
             # Only now: a typo in the patches or background leaves the folder empty for a retry.
-            config_path = os.path.join(out_dir, checkpoint.CONFIG_FILE)
+            config_path = os.path.join(out_dir, run_folder.CONFIG_FILE)
             io.atomic_write_bytes(config_path, config_json(config))
         population = initial_population(
             run.population_key, config, resources.perceptor, run.guidance
@@ -153,7 +153,7 @@ def resume(
     original = GenerateConfig.from_dict(saved.config)
     config = relinked(original, patches=patches, model=model)
     video.check_video_support(gif=config.output.gif, mp4=config.output.mp4)
-    checkpoint.check_output_folder(out_dir, needed_bytes=estimate_output_bytes(config))
+    run_folder.check_output_folder(out_dir, needed_bytes=estimate_output_bytes(config))
     if resources is None:
         try:
             resources = load_resources(config)
@@ -241,7 +241,7 @@ def drive_run(
             checkpoint=None if files is None else saved,
             collage=None
             if files is None or not scored
-            else os.path.join(out_dir, checkpoint.COLLAGE_FILE),
+            else os.path.join(out_dir, run_folder.COLLAGE_FILE),
             result=result._replace(out_dir=out_dir),
         )
     if files is not None:

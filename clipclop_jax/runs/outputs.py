@@ -22,7 +22,7 @@ from clipclop_jax.library.patch_library import (
     Library,
     PatchLibrary,
 )
-from clipclop_jax.runs import checkpoint
+from clipclop_jax.runs import run_folder
 from clipclop_jax.runs.config_files import PNG_CONFIG_KEY
 from clipclop_jax.runs.resources import Resources
 from clipclop_jax.runs.settings import GenerateConfig
@@ -99,7 +99,7 @@ def estimate_output_bytes(config: GenerateConfig) -> int:
     """About the most disk a run's folder needs: checkpoints, images and frames."""
     output = config.output
     history = config.optim.steps * config.population * 4
-    state = checkpoint.state_nbytes(state_template(config)) + history + 65536
+    state = run_folder.state_nbytes(state_template(config)) + history + 65536
     height, width = config.output_shape()
     images = 2 * height * width * 3 + state
     frames = 0
@@ -124,14 +124,14 @@ def write_params(
 ) -> None:
     """Writes params.npz and config.json atomically: enough to render the collage again."""
     os.makedirs(out_dir, exist_ok=True)
-    save_collage(os.path.join(out_dir, checkpoint.PARAMS_FILE), collage, loss, library)
-    io.atomic_write_bytes(os.path.join(out_dir, checkpoint.CONFIG_FILE), config_json(config))
+    save_collage(os.path.join(out_dir, run_folder.PARAMS_FILE), collage, loss, library)
+    io.atomic_write_bytes(os.path.join(out_dir, run_folder.CONFIG_FILE), config_json(config))
 
 
 def write_image(out_dir: str, config: GenerateConfig, image: np.ndarray) -> None:
     """Writes collage.png atomically, the config in its text chunks."""
     io.save_png(
-        os.path.join(out_dir, checkpoint.COLLAGE_FILE),
+        os.path.join(out_dir, run_folder.COLLAGE_FILE),
         image,
         text={PNG_CONFIG_KEY: config_json(config).decode(), "clipclop_jax_version": __version__},
     )

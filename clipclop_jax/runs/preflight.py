@@ -41,7 +41,7 @@ BLEND_BYTES_PER_PIXEL = 200
 
 
 def check_run(config) -> None:
-    """Every check that needs no model, for a ``api.GenerateConfig``.
+    """Every check that needs no model, for a ``settings.GenerateConfig``.
 
     Raises:
       ValueError: the first problem found (``PromptError`` for prompts, ``LibraryError``
@@ -122,7 +122,7 @@ class MemoryEstimate:
 
 
 def estimate_memory(config, *, num_devices: int | None = None) -> MemoryEstimate:
-    """About the least memory a run needs (a ``api.GenerateConfig``).
+    """About the least memory a run needs (a ``settings.GenerateConfig``).
 
     Args:
       config: the run's settings.

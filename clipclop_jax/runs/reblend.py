@@ -10,7 +10,7 @@ from clipclop_jax import io
 from clipclop_jax.library.patch_library import (
     LibraryError,
 )
-from clipclop_jax.runs import checkpoint
+from clipclop_jax.runs import run_folder
 from clipclop_jax.runs.config_files import PNG_CONFIG_KEY
 from clipclop_jax.runs.outputs import config_json, final_image, load_collage
 from clipclop_jax.runs.resources import load_patch_library, moved_hint, relinked
@@ -33,15 +33,15 @@ def blend_run(
     ``patches`` gives its new place if it moved.
     """
     out_dir = os.fspath(out_dir)
-    path = os.path.join(out_dir, checkpoint.CONFIG_FILE)
+    path = os.path.join(out_dir, run_folder.CONFIG_FILE)
     if not os.path.isfile(path):
-        raise ValueError(f"{out_dir!r} has no {checkpoint.CONFIG_FILE}: pass a run's --out folder.")
+        raise ValueError(f"{out_dir!r} has no {run_folder.CONFIG_FILE}: pass a run's --out folder.")
     with open(path) as handle:
         config = GenerateConfig.from_dict(json.load(handle))
     if config.tiles is not None:
         raise ValueError("blending a tiled collage is not supported yet: blend its tiles' runs.")
     config = relinked(dataclasses.replace(config, blend=mode), patches=patches)
-    collage, fingerprint = load_collage(os.path.join(out_dir, checkpoint.PARAMS_FILE))
+    collage, fingerprint = load_collage(os.path.join(out_dir, run_folder.PARAMS_FILE))
     if resources is not None:
         library = resources.library
     else:

@@ -7,7 +7,7 @@ import os
 import numpy as np
 
 from clipclop_jax.collage.hires import render_high_res
-from clipclop_jax.runs import checkpoint, video
+from clipclop_jax.runs import checkpoint, run_folder, video
 from clipclop_jax.runs.interrupt import FinalRenderError
 from clipclop_jax.runs.outputs import (
     GenerateResult,
@@ -77,7 +77,7 @@ class RunFiles:
             image = final_image(self.config, self.resources.library, best, self.run.background_key)
         except Exception as error:
             height, width = self.config.output_shape()
-            params = os.path.join(self.out_dir, checkpoint.PARAMS_FILE)
+            params = os.path.join(self.out_dir, run_folder.PARAMS_FILE)
             raise FinalRenderError(
                 f"{width}x{height}",
                 error,
@@ -100,19 +100,19 @@ class RunFiles:
             height,
             width,
         )
-        video.save_frame(os.path.join(self.out_dir, checkpoint.FRAME_DIR), step, image)
+        video.save_frame(os.path.join(self.out_dir, run_folder.FRAME_DIR), step, image)
 
     def finish_videos(self, state: RunState) -> None:
         """The last frame and the videos, once the final collage is saved."""
         output, step = self.config.output, int(state.step)
         if not self.frames:
             return
-        folder = os.path.join(self.out_dir, checkpoint.FRAME_DIR)
+        folder = os.path.join(self.out_dir, run_folder.FRAME_DIR)
         last = video.list_frames(folder)[-1:]
         if not last or not last[0].endswith(f"step-{step:09d}.png"):
             self.save_frame(state, step)
         frames = video.list_frames(folder)
         if output.gif:
-            video.write_gif(os.path.join(self.out_dir, checkpoint.GIF_FILE), frames, fps=output.fps)
+            video.write_gif(os.path.join(self.out_dir, run_folder.GIF_FILE), frames, fps=output.fps)
         if output.mp4:
-            video.write_mp4(os.path.join(self.out_dir, checkpoint.MP4_FILE), frames, fps=output.fps)
+            video.write_mp4(os.path.join(self.out_dir, run_folder.MP4_FILE), frames, fps=output.fps)

@@ -75,7 +75,7 @@ class GenerateConfig:
       tile_template: e.g. "close-up of {}": every tile also gets 3 x 3 region prompts, this
         template filled with its tile's prompt.
       blend: "poisson" or "mixed" smooths the seams between patches of the final render in
-        the gradient domain (``blend.blend_collage``, docs/blending.md); "none" does not.
+        the gradient domain (``blend.seams.blend_collage``, docs/blending.md); "none" does not.
       background_use: with tiles, "global" stretches the background over the whole collage,
         "local" repeats it in every tile (the original's ``background_use``).
       model: "demo", a Hugging Face CLIP name, or a save_pretrained folder.

@@ -1,6 +1,6 @@
 """``generate_tiled()``: a large collage of ``cols x rows`` tiles, each with its own prompt.
 
-Each tile is an ordinary ``api.generate`` run in ``OUT/tiles/rRcC`` (so it checkpoints and
+Each tile is an ordinary ``generate.generate`` run in ``OUT/tiles/rRcC`` (so it checkpoints and
 resumes like any run); tiles share one compiled program because they have the same shapes.
 The tiles' winning collages are then assembled on one large canvas (``tiles.assemble``:
 shared borders, docs/tiles.md) and rendered once at the output size.
@@ -20,11 +20,11 @@ from clipclop_jax.collage.hires import render_high_res
 from clipclop_jax.collage.tiles import TileGrid, assemble, assembled_config, tile_background
 from clipclop_jax.guidance.prompts import format_prompts, parse_grid
 from clipclop_jax.runs import preflight
-from clipclop_jax.runs.checkpoint import prepare_output_folder
 from clipclop_jax.runs.chunks import ProgressFn
 from clipclop_jax.runs.generate import generate
 from clipclop_jax.runs.outputs import GenerateResult, write_outputs
 from clipclop_jax.runs.resources import Resources, load_resources, with_absolute_paths
+from clipclop_jax.runs.run_folder import prepare_output_folder
 from clipclop_jax.runs.settings import GenerateConfig
 from clipclop_jax.runs.setup import run_keys
 
@@ -82,14 +82,14 @@ def generate_tiled(
         ``params.npz`` (the assembled collage's parameters), ``config.json``, and one run
         folder per tile under ``tiles/``.
       progress_fn: ``progress_fn(step, metrics)`` with ``step`` counted over all tiles.
-      resources, overwrite, should_stop: as for ``api.generate``.
+      resources, overwrite, should_stop: as for ``generate.generate``.
 
     Returns:
       The assembled collage: its image at ``cols x rows`` times the tile output size, its
       parameters, the mean of the tiles' losses and the tiles' histories side by side.
     """
     if config.tiles is None:
-        raise ValueError("config.tiles is not set: use api.generate for one canvas.")
+        raise ValueError("config.tiles is not set: use generate for one canvas.")
     grid = TileGrid.parse(config.tiles)
     config = with_absolute_paths(config)
     preflight.check_run(config)  # per tile; before the model loads

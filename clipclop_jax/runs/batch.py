@@ -119,7 +119,7 @@ def generate_batch(
 ) -> list[BatchItem]:
     """Makes one collage per prompt with ``config``'s other settings.
 
-    Prompt ``i`` runs ``api.generate(dataclasses.replace(config, prompt=prompts[i]))`` and
+    Prompt ``i`` runs ``generate(dataclasses.replace(config, prompt=prompts[i]))`` and
     writes into ``out_dir/NNN-slug/`` what ``generate`` writes there (``collage.png``,
     ``params.npz``, ``config.json``, checkpoints); with the same seed and settings that
     folder holds exactly what a single ``clipclop generate`` of that prompt makes.

@@ -42,7 +42,7 @@ def load_resources(config: GenerateConfig) -> Resources:
 def load_patch_library(config: GenerateConfig) -> Library:
     """The run's patch library.
 
-    A library ``.npz`` is read one square at a time (``sources.load_library_subset``),
+    A library ``.npz`` is read one square at a time (``npz_reader.load_library_subset``),
     and with ``max_library_patches`` only a seeded random subset of it, so a library of
     thousands of patches never sits whole in memory.
     """

@@ -1,7 +1,8 @@
 """Guidance: what CLIP thinks of a collage, as a loss.
 
 ``perceptor`` wraps CLIP (the bundled demo model, a hub name or a local folder;
-``converted_weights`` turns PyTorch checkpoints into Flax ones); ``prompts`` parses weighted
+``hub_files`` fetches just the files a hub checkpoint needs, ``converted_weights`` turns
+PyTorch checkpoints into Flax ones); ``prompts`` parses weighted
 prompts and grids; ``augment`` makes the distorted crops CLIP scores, from the homographies
 of ``random_warps`` sampled by ``warp``; ``objective`` is the loss of one collage (render ->
 augment -> embed -> compare); the ``demo_data`` package draws the captioned shapes the demo

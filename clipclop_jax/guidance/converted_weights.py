@@ -76,9 +76,12 @@ def source_hash(folder: str | os.PathLike, files: list[pathlib.Path]) -> str:
     return digest.hexdigest()
 
 
-def flax_folder(folder: str | os.PathLike) -> pathlib.Path | None:
+def flax_folder(folder: str | os.PathLike, *, label: str | None = None) -> pathlib.Path | None:
     """A folder with Flax weights for the PyTorch checkpoint in ``folder``, converting it
     into the cache the first time; None when ``folder`` holds no PyTorch weights.
+
+    ``label`` names the checkpoint in the log lines (a hub name for a hub cache folder);
+    the folder's path by default.
 
     Raises:
       ConversionError: a file is missing or unreadable, or PyTorch is needed and missing.
@@ -98,10 +101,11 @@ def flax_folder(folder: str | os.PathLike) -> pathlib.Path | None:
                 "torch (the CPU build is enough), or give the folder model.safetensors."
             ) from None
     target = cache_root() / source_hash(folder, files)
+    label = label or os.fspath(folder)
     if (target / FLAX_WEIGHTS).is_file():
-        logger.info("using the Flax weights converted earlier from %s (%s)", folder, target)
+        logger.info("using the Flax weights converted earlier from %s (%s)", label, target)
         return target
-    logger.info("converting the PyTorch weights of %s to Flax, once (cached in %s)", folder, target)
+    logger.info("converting the PyTorch weights of %s to Flax, once (cached in %s)", label, target)
     _convert(folder, target)
     return target
 

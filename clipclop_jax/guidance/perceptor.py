@@ -10,12 +10,16 @@ Three sources (``load_perceptor``):
 
 * ``"demo"``: a small CLIP trained on procedural shapes (``tools/train_demo_clip.py``),
   bundled with the package; works offline, on CPU, in seconds. See docs/demo_model.md.
-* a Hugging Face hub name such as ``openai/clip-vit-base-patch32``: needs the Flax weights in
-  the local HF cache (downloaded on first use where there is internet).
+* a Hugging Face hub name such as ``openai/clip-vit-base-patch32`` or
+  ``laion/CLIP-ViT-B-32-laion2B-s34B-b79K``: the config, tokenizer and one set of weights are
+  fetched into the HF cache on first use where there is internet (``hub_files``), and read
+  from it offline (``HF_HUB_OFFLINE=1``).
 * a local folder written by ``FlaxCLIPModel.save_pretrained`` and
-  ``CLIPTokenizer.save_pretrained`` (plus, optionally, ``CLIPImageProcessor``); a folder with
-  PyTorch weights only (``model.safetensors`` or ``pytorch_model.bin``, as most hub
-  checkpoints) is converted to Flax once and cached (``converted_weights``).
+  ``CLIPTokenizer.save_pretrained`` (plus, optionally, ``CLIPImageProcessor``).
+
+A folder or hub repository with PyTorch weights only (``model.safetensors`` or
+``pytorch_model.bin``, as most hub checkpoints) is converted to Flax once and cached
+(``converted_weights``).
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from clipclop_jax.guidance import converted_weights
+from clipclop_jax.guidance import converted_weights, hub_files
 
 DEMO = "demo"
 # OpenAI CLIP's normalisation, used when a checkpoint has no preprocessor config.
@@ -297,18 +301,25 @@ def _require_ftfy() -> None:
         ) from None
 
 
-def load_perceptor(name_or_path: str = DEMO, *, dtype: Any = jnp.float32) -> Perceptor:
+def load_perceptor(
+    name_or_path: str = DEMO, *, dtype: Any = jnp.float32, local_files_only: bool = False
+) -> Perceptor:
     """Loads a CLIP model as a ``Perceptor``.
 
     Args:
       name_or_path: "demo" (the bundled model), a Hugging Face hub name
-        ("openai/clip-vit-base-patch32", "openai/clip-vit-base-patch16",
-        "openai/clip-vit-large-patch14", ...) or a local save_pretrained folder with a
-        CLIP tokenizer and Flax weights (flax_model.msgpack) or PyTorch weights
-        (model.safetensors or pytorch_model.bin, converted once and cached; a line is
-        logged to the ``clipclop_jax`` logger).
+        ("openai/clip-vit-base-patch32", "laion/CLIP-ViT-B-32-laion2B-s34B-b79K", ...) or a
+        local save_pretrained folder with a CLIP tokenizer and Flax weights
+        (flax_model.msgpack) or PyTorch weights (model.safetensors or pytorch_model.bin).
+        From a hub repository only the config, tokenizer and preprocessor files and one
+        set of weights (Flax, else safetensors, else pytorch_model.bin) are fetched, into
+        the Hugging Face cache (``hub_files``). PyTorch weights are converted to Flax once
+        and cached (``converted_weights``); a line is logged to the ``clipclop_jax``
+        logger while it fetches or converts.
       dtype: computation dtype of the towers (float32; bfloat16 on accelerators). The
         weights are stored float32 either way and the embeddings are float32.
+      local_files_only: never ask the hub, use what the Hugging Face cache holds (as
+        ``HF_HUB_OFFLINE=1`` does).
 
     Returns:
       The perceptor.
@@ -329,13 +340,25 @@ def load_perceptor(name_or_path: str = DEMO, *, dtype: Any = jnp.float32) -> Per
             f"CLIP model folder {source!r} does not exist or is not a folder; pass a "
             "save_pretrained folder, a hub name such as openai/clip-vit-base-patch32, or demo."
         )
-    weights = source
-    if is_folder and not os.path.exists(os.path.join(source, converted_weights.FLAX_WEIGHTS)):
+    folder = source
+    if not is_folder:
+        try:
+            folder = os.fspath(hub_files.snapshot_folder(source, local_files_only=local_files_only))
+        except hub_files.HubError as error:
+            raise _hub_error(source, str(error)) from None
+    weights = folder
+    if not os.path.exists(os.path.join(folder, converted_weights.FLAX_WEIGHTS)):
         with _quiet_transformers():
             try:
-                converted = converted_weights.flax_folder(source)
+                converted = converted_weights.flax_folder(folder, label=source)
             except converted_weights.ConversionError as error:
                 raise PerceptorError(str(error)) from None
+        if converted is None and not is_folder:
+            raise _hub_error(
+                source,
+                "the Hugging Face cache holds no flax_model.msgpack, model.safetensors or "
+                "pytorch_model.bin for it",
+            )
         if converted is None:
             raise PerceptorError(
                 f"{source!r} has no CLIP weights (flax_model.msgpack, model.safetensors or "
@@ -347,7 +370,7 @@ def load_perceptor(name_or_path: str = DEMO, *, dtype: Any = jnp.float32) -> Per
             # _do_init=False skips a random initialisation of every weight (seconds for
             # ViT-B) that the checkpoint would overwrite anyway.
             model, params = FlaxCLIPModel.from_pretrained(weights, _do_init=False, dtype=dtype)
-            tokenizer = CLIPTokenizer.from_pretrained(source)
+            tokenizer = CLIPTokenizer.from_pretrained(folder)
         except (OSError, ValueError) as error:
             if is_folder:
                 raise PerceptorError(
@@ -355,7 +378,7 @@ def load_perceptor(name_or_path: str = DEMO, *, dtype: Any = jnp.float32) -> Per
                 ) from None
             raise _hub_error(source, _first_line(error)) from None
         try:
-            processor = CLIPImageProcessor.from_pretrained(source)
+            processor = CLIPImageProcessor.from_pretrained(folder)
             mean, std = tuple(processor.image_mean), tuple(processor.image_std)
         except (OSError, ValueError):
             mean, std = OPENAI_MEAN, OPENAI_STD

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +17,7 @@ from clipclop_jax import (
     CollageConfig,
     GenerateConfig,
     OptimConfig,
+    OutputConfig,
     Resources,
     generate,
     load_collage,
@@ -27,10 +29,13 @@ from clipclop_jax.collage.background import make_background
 from clipclop_jax.collage.params import random_population, take
 from clipclop_jax.guidance.prompts import PromptError
 from clipclop_jax.runs import checkpoint, preflight, run_folder
+from clipclop_jax.runs.batch import generate_batch
+from clipclop_jax.runs.generate import resume
 from clipclop_jax.runs.interrupt import FinalRenderError
 from clipclop_jax.runs.outputs import final_image
 from clipclop_jax.runs.reblend import blend_run
 from clipclop_jax.runs.setup import plain_losses, prepare_run
+from clipclop_jax.runs.tiled import generate_tiled
 from clipclop_jax.search.evolution import EvolutionConfig
 
 TINY = GenerateConfig(
@@ -179,6 +184,62 @@ def test_the_memory_check_uses_what_the_machine_has(monkeypatch):
     preflight.check_memory(TINY)
 
 
+@pytest.fixture(scope="module")
+def finished_run(resources, tmp_path_factory):
+    """A finished run folder whose config asks for a GIF."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    generate(
+        dataclasses.replace(TINY, output=OutputConfig(gif=True)), out_dir=out, resources=resources
+    )
+    return out
+
+
+def _small_machine(monkeypatch):
+    need = preflight.estimate_memory(TINY)
+    monkeypatch.setattr(preflight, "available_memory", lambda: (need.optimise - 1, None))
+
+
+def _no_gif_writer(monkeypatch):
+    monkeypatch.setitem(sys.modules, "imageio", None)
+
+
+def _full_disk(monkeypatch):
+    usage = run_folder.shutil.disk_usage("/")
+    monkeypatch.setattr(run_folder.shutil, "disk_usage", lambda path: usage._replace(free=0))
+
+
+@pytest.mark.parametrize(
+    ("machine", "message"),
+    [
+        (_small_machine, r"^optimising needs about .* GiB of memory but this machine has"),
+        (_no_gif_writer, r"^GIF and MP4 output need imageio"),
+        (_full_disk, r"has 0\.0 MiB free but this run needs"),
+    ],
+)
+def test_resume_checks_this_machine_before_the_model_loads(
+    finished_run, no_model, monkeypatch, machine, message
+):
+    before = sorted(p.name for p in finished_run.rglob("*"))
+    machine(monkeypatch)
+    with pytest.raises(ValueError, match=message):
+        resume(finished_run)
+    assert sorted(p.name for p in finished_run.rglob("*")) == before
+
+
+def test_a_tiled_run_too_big_to_assemble_is_refused_first(no_model, tmp_path, monkeypatch):
+    # Each 4096 x 4096 tile fits in 4 GiB; the 3 x 2 assembly (about 6.6 GiB) does not.
+    monkeypatch.setattr(preflight, "available_memory", lambda: (4 * 2**30, None))
+    config = dataclasses.replace(TINY, tiles="3x2", output_size=4096)
+    preflight.check_memory(dataclasses.replace(config, tiles=None))
+    out = tmp_path / "run"
+    with pytest.raises(
+        ValueError,
+        match=r"^the final render needs about 6\.\d GiB .* lower --output-size or --tiles",
+    ):
+        generate_tiled(config, out_dir=out)
+    assert not out.exists()
+
+
 def test_a_failed_final_render_leaves_params_and_checkpoint(resources, tmp_path, monkeypatch):
     def out_of_memory(*args, **kwargs):
         raise MemoryError("RESOURCE_EXHAUSTED: out of memory allocating 47 GiB")
@@ -248,3 +309,57 @@ def test_a_users_empty_folder_is_kept_on_failure(no_model, tmp_path):
     with pytest.raises(ValueError, match="is not a clipclop-jax library"):
         generate(dataclasses.replace(TINY, patches=str(fake)), out_dir=out)
     assert out.is_dir() and not os.listdir(out)
+
+
+def test_a_tiled_run_checks_every_tiles_prompts_first(no_model, tmp_path):
+    config = dataclasses.replace(TINY, tiles="2x1", tile_prompts="a red circle | sun:inf")
+    out = tmp_path / "run"
+    with pytest.raises(PromptError, match=r"^prompt 1 'sun:inf'"):
+        generate_tiled(config, out_dir=out)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("mine", [False, True])
+def test_a_failed_tiled_run_leaves_no_folder_it_made(no_model, tmp_path, mine):
+    fake = tmp_path / "library.npz"
+    np.savez(fake, something=np.zeros(3))
+    out = tmp_path / "run"
+    if mine:
+        out.mkdir()
+    config = dataclasses.replace(TINY, tiles="2x1", patches=str(fake))
+    with pytest.raises(ValueError, match="is not a clipclop-jax library"):
+        generate_tiled(config, out_dir=out)
+    assert (out.is_dir() and not os.listdir(out)) if mine else not out.exists()
+
+
+def test_a_batch_that_cannot_run_is_refused_first_and_leaves_no_folder(
+    no_model, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(preflight, "available_memory", lambda: (24 * 2**30, None))
+    out = tmp_path / "batch"
+    big = dataclasses.replace(TINY, output_size=32768)
+    with pytest.raises(ValueError, match=r"^the final render needs about .* lower --output-size"):
+        generate_batch(["a red circle", "a blue circle"], big, out)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("mine", [False, True])
+def test_a_batch_whose_library_fails_leaves_no_folder_it_made(no_model, tmp_path, mine):
+    fake = tmp_path / "library.npz"
+    np.savez(fake, something=np.zeros(3))
+    out = tmp_path / "batch"
+    if mine:
+        out.mkdir()
+    with pytest.raises(ValueError, match="is not a clipclop-jax library"):
+        generate_batch(["a red circle"], dataclasses.replace(TINY, patches=str(fake)), out)
+    assert (out.is_dir() and not os.listdir(out)) if mine else not out.exists()
+
+
+def test_a_batch_of_bad_prompts_never_loads_the_model(no_model, tmp_path):
+    items = generate_batch(["red | ", "sun:inf"], TINY, tmp_path / "batch")
+    assert [item.error.split(":")[0] for item in items] == ["PromptError", "PromptError"]
+    assert "'sun:inf'" in items[1].error
+    assert sorted(p.name for p in (tmp_path / "batch").iterdir()) == [
+        "summary.csv",
+        "summary.json",
+    ]

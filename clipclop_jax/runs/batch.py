@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 from clipclop_jax import io
+from clipclop_jax.runs import preflight, video
 from clipclop_jax.runs.config_files import read_utf8
 from clipclop_jax.runs.generate import generate
 from clipclop_jax.runs.resources import Resources, load_resources
@@ -143,21 +144,59 @@ def generate_batch(
       disk, ...) has ``error`` set; the others are unaffected.
 
     Raises:
-      ValueError: no prompts, or the model or library cannot be loaded (no prompt could
-        succeed then).
+      ValueError: no prompts, or a check every prompt shares failed before loading
+        (``preflight.check_shared``: patch library, background, memory; region prompts;
+        video writers), or the model or library cannot be loaded (no prompt could succeed
+        then). ``out_dir`` is then removed if this call made it.
       OSError: ``out_dir`` or a summary cannot be written.
     """
     prompts = [str(p) for p in prompts]
     if not prompts:
         raise ValueError("no prompts: give at least one.")
     out_dir = os.fspath(out_dir)
+    # Before the folder and the model: what every prompt shares (no prompt could succeed
+    # without it), then each prompt, whose failure is its own.
+    preflight.check_prompts(None, config.region_prompts)
+    preflight.check_shared(config)
+    video.check_video_support(gif=config.output.gif, mp4=config.output.mp4)
+    refused = {}
+    for index, prompt in enumerate(prompts):
+        try:
+            preflight.check_prompts(prompt)
+        except ValueError as error:
+            refused[index] = error
+    created = not os.path.exists(out_dir)
     os.makedirs(out_dir, exist_ok=True)
-    resources = resources or load_resources(config)
+    try:
+        if len(refused) < len(prompts):
+            resources = resources or load_resources(config)
+        return _run_prompts(prompts, refused, config, out_dir, resources, progress_fn, overwrite)
+    except BaseException:
+        if created:
+            # A folder this call made and nothing was written to goes; a user's never does.
+            with contextlib.suppress(OSError):
+                os.rmdir(out_dir)
+        raise
+
+
+def _run_prompts(
+    prompts: list[str],
+    refused: dict[int, ValueError],
+    config: GenerateConfig,
+    out_dir: str,
+    resources: Resources | None,
+    progress_fn: BatchProgressFn | None,
+    overwrite: bool,
+) -> list[BatchItem]:
+    """Runs each prompt (a ``refused`` one is recorded with its error) and writes the
+    summaries after each."""
     items: list[BatchItem] = []
     for index, (prompt, name) in enumerate(zip(prompts, folder_names(prompts), strict=True)):
         folder = os.path.join(out_dir, name)
         start = time.perf_counter()
         try:
+            if index in refused:
+                raise refused[index]
             result = generate(
                 dataclasses.replace(config, prompt=prompt),
                 out_dir=folder,

@@ -143,15 +143,23 @@ def resume(
       progress_fn, resources, should_stop: as for ``generate``.
 
     Raises:
-      ValueError: no readable checkpoint, the saved library or model cannot be loaded (the
-        message says how to give their new place), or ``resources`` (or what the config
-        loads now) has another patch library or CLIP model than the run started with.
+      ValueError: no readable checkpoint; a check made before loading failed
+        (``preflight.check_run``: memory on this machine, library source, background, video
+        writers, disk); the saved library or model cannot be loaded (the message says how
+        to give their new place); or ``resources`` (or what the config loads now) has
+        another patch library or CLIP model than the run started with.
       RunInterrupted: ``should_stop`` asked to stop again.
     """
     out_dir = os.fspath(out_dir)
     saved = checkpoint.load_latest(out_dir)
     original = GenerateConfig.from_dict(saved.config)
     config = relinked(original, patches=patches, model=model)
+    # Before the model loads, as for generate: this machine may hold less than the one the
+    # run started on, and the library or background image may have gone.
+    try:
+        preflight.check_run(config, library=resources is None)
+    except ValueError as error:
+        raise moved_hint(error, out_dir, "resume", patches=patches, model=model) from None
     video.check_video_support(gif=config.output.gif, mp4=config.output.mp4)
     run_folder.check_output_folder(out_dir, needed_bytes=estimate_output_bytes(config))
     if resources is None:

@@ -21,6 +21,7 @@ import pathlib
 import jax
 
 from clipclop_jax.collage.background import check_background
+from clipclop_jax.collage.tiles import TileGrid
 from clipclop_jax.guidance.prompts import PromptError, parse_grid, parse_prompts
 from clipclop_jax.library.load import BUILTIN
 from clipclop_jax.library.patch_library import LibraryError
@@ -38,24 +39,41 @@ RENDER_HOST_BYTES_PER_PIXEL = 4 * 3 + 3
 # Extra bytes per output pixel of a Poisson ("poisson", "mixed") blend: layers, guidance
 # field and the conjugate-gradient solver's vectors (measured ~217 at 4096 x 4096).
 BLEND_BYTES_PER_PIXEL = 200
+# Host bytes per assembled output pixel that a tiled run holds while it renders the
+# assembly: the tiles' own final images (float32), kept until then.
+TILE_IMAGES_BYTES_PER_PIXEL = 4 * 3
 
 
-def check_run(config) -> None:
+def check_run(config, *, library: bool = True) -> None:
     """Every check that needs no model, for a ``settings.GenerateConfig``.
+
+    Args:
+      config: the run's settings.
+      library: check the patch library source too (False: the caller has the library
+        loaded already).
 
     Raises:
       ValueError: the first problem found (``PromptError`` for prompts, ``LibraryError``
         for the patch library), one line naming it and the fix.
     """
     check_prompts(config.prompt, config.region_prompts)
-    check_patches(config.patches)
+    check_shared(config, library=library)
+
+
+def check_shared(config, *, library: bool = True) -> None:
+    """The checks of ``check_run`` that do not look at prompts (patch library, background,
+    memory): what the prompts of a batch or the tiles of a tiled run have in common."""
+    if library:
+        check_patches(config.patches)
     check_background(config.background)
     check_memory(config)
 
 
-def check_prompts(prompt: str, region_prompts: str | None = None) -> None:
-    """Parses the prompts and every region cell, as the run will (``PromptError`` if not)."""
-    parse_prompts(prompt)
+def check_prompts(prompt: str | None, region_prompts: str | None = None) -> None:
+    """Parses the prompts and every region cell, as the run will (``PromptError`` if not);
+    ``prompt`` None checks the region cells only."""
+    if prompt is not None:
+        parse_prompts(prompt)
     if region_prompts is not None:
         for r, row in enumerate(parse_grid(region_prompts), start=1):
             for c, cell in enumerate(row, start=1):
@@ -124,6 +142,10 @@ class MemoryEstimate:
 def estimate_memory(config, *, num_devices: int | None = None) -> MemoryEstimate:
     """About the least memory a run needs (a ``settings.GenerateConfig``).
 
+    A tiled run (``config.tiles``) optimises and renders one tile at a time, then renders the
+    assembled collage once (``cols x rows`` tiles at the output size, plainly: only each
+    tile's own render blends); its render figures are the larger of the two.
+
     Args:
       config: the run's settings.
       num_devices: devices the population is split over (None: ``config.num_devices`` or
@@ -141,7 +163,13 @@ def estimate_memory(config, *, num_devices: int | None = None) -> MemoryEstimate
     render_device = pixels * RENDER_DEVICE_BYTES_PER_PIXEL
     if config.blend != "none":
         render_device += pixels * BLEND_BYTES_PER_PIXEL
-    return MemoryEstimate(optimise, render_device, pixels * RENDER_HOST_BYTES_PER_PIXEL)
+    render_host = pixels * RENDER_HOST_BYTES_PER_PIXEL
+    if config.tiles is not None:
+        whole = pixels * TileGrid.parse(config.tiles).count
+        render_device = max(render_device, whole * RENDER_DEVICE_BYTES_PER_PIXEL)
+        host = RENDER_HOST_BYTES_PER_PIXEL + TILE_IMAGES_BYTES_PER_PIXEL
+        render_host = max(render_host, whole * host)
+    return MemoryEstimate(optimise, render_device, render_host)
 
 
 def available_memory() -> tuple[int | None, int | None]:
@@ -187,7 +215,9 @@ def check_memory(config) -> None:
         where = "memory" if free_device is None else "device memory"
         if free is None or bytes_needed <= free:
             continue
-        fix = fix or ("--output-size" + (" or --blend none" if config.blend != "none" else ""))
+        if fix is None:
+            fix = "--output-size" + (" or --tiles" if config.tiles is not None else "")
+            fix += " or --blend none" if config.blend != "none" else ""
         raise ValueError(
             f"{stage} needs about {_gib(bytes_needed)} of {where} but this machine has "
             f"{_gib(free)} free: lower {fix}."
@@ -205,5 +235,6 @@ __all__ = [
     "check_patches",
     "check_prompts",
     "check_run",
+    "check_shared",
     "estimate_memory",
 ]

@@ -8,6 +8,7 @@ shared borders, docs/tiles.md) and rendered once at the output size.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from collections.abc import Callable
@@ -19,12 +20,12 @@ from clipclop_jax.collage.background import make_background
 from clipclop_jax.collage.hires import render_high_res
 from clipclop_jax.collage.tiles import TileGrid, assemble, assembled_config, tile_background
 from clipclop_jax.guidance.prompts import format_prompts, parse_grid
-from clipclop_jax.runs import preflight
+from clipclop_jax.runs import preflight, video
 from clipclop_jax.runs.chunks import ProgressFn
 from clipclop_jax.runs.generate import generate
-from clipclop_jax.runs.outputs import GenerateResult, write_outputs
+from clipclop_jax.runs.outputs import GenerateResult, estimate_output_bytes, write_outputs
 from clipclop_jax.runs.resources import Resources, load_resources, with_absolute_paths
-from clipclop_jax.runs.run_folder import prepare_output_folder
+from clipclop_jax.runs.run_folder import TILE_DIR, prepare_output_folder
 from clipclop_jax.runs.settings import GenerateConfig
 from clipclop_jax.runs.setup import run_keys
 
@@ -92,10 +93,48 @@ def generate_tiled(
         raise ValueError("config.tiles is not set: use generate for one canvas.")
     grid = TileGrid.parse(config.tiles)
     config = with_absolute_paths(config)
-    preflight.check_run(config)  # per tile; before the model loads
-    if out_dir is not None:
-        out_dir = os.fspath(out_dir)
-        prepare_output_folder(out_dir, overwrite=overwrite, needed_bytes=0)
+    configs = tile_configs(config)
+    # Before the folder and the model: every tile's prompts, then what the tiles share
+    # (memory for a tile and for the assembled collage).
+    for tile in configs:
+        preflight.check_prompts(tile.prompt, tile.region_prompts)
+    preflight.check_shared(config)
+    created = out_dir is not None and not os.path.exists(out_dir)
+    try:
+        if out_dir is not None:
+            out_dir = os.fspath(out_dir)
+            video.check_video_support(gif=config.output.gif, mp4=config.output.mp4)
+            # Every tile's folder, and the assembled collage.png (counted as
+            # estimate_output_bytes counts an image: 3 bytes a pixel, twice).
+            tile_h, tile_w = config.output_shape()
+            assembled = 2 * 3 * tile_h * tile_w * grid.count
+            needed = grid.count * estimate_output_bytes(configs[0]) + assembled
+            prepare_output_folder(out_dir, overwrite=overwrite, needed_bytes=needed)
+        return _make_tiled(
+            config, grid, configs, out_dir, progress_fn, resources, overwrite, should_stop
+        )
+    except BaseException:
+        # What is left empty goes: the tiles' folder (a failed tile removes its own), and the
+        # run's folder if this call made it; a user's folder never does.
+        if out_dir is not None:
+            folders = [os.path.join(out_dir, TILE_DIR)] + [out_dir] * created
+            for folder in folders:
+                with contextlib.suppress(OSError):
+                    os.rmdir(folder)
+        raise
+
+
+def _make_tiled(
+    config: GenerateConfig,
+    grid: TileGrid,
+    configs: list[GenerateConfig],
+    out_dir: str | None,
+    progress_fn: ProgressFn | None,
+    resources: Resources | None,
+    overwrite: bool,
+    should_stop: Callable[[], bool] | None,
+) -> GenerateResult:
+    """``generate_tiled`` once its checks passed: loads, runs the tiles, assembles."""
     resources = resources or load_resources(config)
     height, width = config.collage.canvas_shape
     whole = None
@@ -106,7 +145,6 @@ def generate_tiled(
         )
     results = []
     steps = config.optim.steps
-    configs = tile_configs(config)
     for i, ((row, col), tile) in enumerate(zip(grid.positions(), configs, strict=True)):
         tile_progress = None
         if progress_fn is not None:
@@ -119,7 +157,7 @@ def generate_tiled(
                 tile,
                 out_dir=None
                 if out_dir is None
-                else os.path.join(out_dir, "tiles", f"r{row}c{col}"),
+                else os.path.join(out_dir, TILE_DIR, f"r{row}c{col}"),
                 progress_fn=tile_progress,
                 resources=resources,
                 overwrite=overwrite,

@@ -14,7 +14,7 @@ import shutil
 import numpy as np
 
 from clipclop_jax import GenerateConfig, load_collage, load_library, render, resume
-from clipclop_jax.runs import checkpoint
+from clipclop_jax.runs import checkpoint, run_folder
 
 OLD_RUN = pathlib.Path(__file__).parent / "data" / "run-0.1.0-interrupted"
 
@@ -34,14 +34,14 @@ def test_an_old_run_folder_resumes_to_the_end(tmp_path):
     assert np.all(np.isfinite(result.history[3:]))
     assert result.loss <= float(np.min(saved.history)) + 1e-6
     assert checkpoint.load_latest(run).step == config.optim.steps
-    collage, _ = load_collage(run / checkpoint.PARAMS_FILE)
+    collage, _ = load_collage(run / run_folder.PARAMS_FILE)
     assert collage.patch_index.shape == (config.collage.num_patches,)
-    assert (run / checkpoint.COLLAGE_FILE).stat().st_size > 0
+    assert (run / run_folder.COLLAGE_FILE).stat().st_size > 0
 
 
 def test_an_old_params_file_loads_and_renders():
     config = GenerateConfig.from_dict(json.loads((OLD_RUN / "config.json").read_text()))
-    collage, fingerprint = load_collage(OLD_RUN / checkpoint.PARAMS_FILE)
+    collage, fingerprint = load_collage(OLD_RUN / run_folder.PARAMS_FILE)
     assert len(fingerprint) == 32
     library = load_library(
         config.patches, lowres_size=config.lowres_size, highres_size=config.highres_size

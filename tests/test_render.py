@@ -355,3 +355,25 @@ def test_the_patch_count_comes_from_the_collage_not_the_config(library, mode):
     ]
     for image in images:
         assert np.mean(np.abs(image - expected) < 1e-4) > 0.995, np.abs(image - expected).max()
+
+
+@pytest.mark.parametrize("field", ["translation", "rotation", "scale", "colour"])
+@pytest.mark.parametrize("mode", MODES)
+def test_a_non_finite_parameter_makes_its_window_nan_and_the_rest_exact(library, mode, field):
+    """A NaN parameter (a diverged optimiser) must give a NaN render, so the collage's loss
+    is NaN and it is never the best; converting that NaN to the renderer's int32 window and
+    texel indices must not write or read outside the arrays (it crashed the process)."""
+    config = small_config(render_mode=mode)
+    collage = take(random_population(jax.random.key(3), config, library.num_patches, 1), 0)
+    background = random_background(config)
+    bad_value = getattr(collage.params, field).at[0].set(jnp.nan)
+    bad = collage._replace(params=collage.params._replace(**{field: bad_value}))
+    image = np.asarray(jax.jit(render, static_argnums=3)(bad, library, background, config))
+    assert np.isnan(image).any()
+    # Outside the NaN patch's window the other patches render as if it were not there.
+    rest = Collage(jax.tree.map(lambda leaf: leaf[1:], collage.params), collage.patch_index[1:])
+    clean = np.asarray(render(rest, library, background, config))
+    finite = ~np.isnan(image).any(axis=-1)
+    assert finite.any()
+    if mode != "opacity":  # opacity's softmax counts every patch, the NaN one too
+        np.testing.assert_allclose(image[finite], clean[finite], atol=1e-6)

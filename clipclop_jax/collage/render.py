@@ -95,6 +95,13 @@ def patch_contributions(
       contributions: [N, h, w, C] float32, see ``accumulate``.
     """
     rgba, origins = sample_patches(collage, library, config, window)
+    # A patch with a non-finite parameter fills its window with NaN, so its collage's loss is
+    # NaN (such a collage never becomes the best) rather than the patch silently vanishing:
+    # its integer window and texel indices were made finite on the way (see
+    # ``window_origins``), so the NaN has to be put back here.
+    params = jax.tree.leaves(collage.params)
+    rows = [jnp.reshape(leaf, (leaf.shape[0], -1)) for leaf in params]
+    finite = jnp.all(jnp.isfinite(jnp.concatenate(rows, axis=1)), axis=1)
     colour = jax.vmap(colourise, in_axes=(0, 0, None))(
         rgba[..., :3], collage.params.colour, config.colour_space
     )
@@ -116,7 +123,8 @@ def patch_contributions(
         # A patch that misses a pixel still adds exp(offset) to that pixel's softmax
         # denominator; the constant part is added once for all patches in ``composite``.
         parts = [weight * weighted * alpha, weight - jnp.exp(OPACITY_ZERO_OFFSET), alpha]
-    return origins, jnp.concatenate(parts, axis=-1)
+    contributions = jnp.concatenate(parts, axis=-1)
+    return origins, jnp.where(finite[:, None, None, None], contributions, jnp.nan)
 
 
 def composite(
@@ -147,7 +155,10 @@ def composite(
         coverage = jnp.clip(sums[..., 3:4] + EPSILON, 0.0, 1.0)
         image = image * coverage + background * (1.0 - coverage)
     else:
-        image = jnp.where(sums[..., 4:5] > OPACITY_MASK_THRESHOLD, image, background)
+        # The mask test is False for NaN, which would show the background instead of a
+        # non-finite patch (``patch_contributions``): keep the NaN.
+        covered = (sums[..., 4:5] > OPACITY_MASK_THRESHOLD) | jnp.isnan(sums[..., 4:5])
+        image = jnp.where(covered, image, background)
     return jnp.clip(image, 0.0, 1.0)
 
 
@@ -155,10 +166,12 @@ def window_origins(centres: jax.Array, config: CollageConfig, window: tuple[int,
     """[N, 2] int32 top-left (row, col) of windows centred on ``centres`` [N, 2] (x, y) pixels.
 
     Windows are clamped inside the canvas; one big enough for any patch still covers the part
-    of a patch that lies on the canvas.
+    of a patch that lies on the canvas. A NaN centre counts as 0: converting NaN to int32 is
+    undefined, and ``accumulate``'s scatter trusts these indices (an index outside the canvas
+    would write outside the array).
     """
     height, width = config.canvas_shape
-    centres = jax.lax.stop_gradient(centres)
+    centres = jnp.nan_to_num(jax.lax.stop_gradient(centres))
     row = jnp.clip(jnp.round(centres[:, 1] - window[0] / 2), 0, height - window[0])
     col = jnp.clip(jnp.round(centres[:, 0] - window[1] / 2), 0, width - window[1])
     return jnp.stack([row, col], -1).astype(jnp.int32)
@@ -210,9 +223,11 @@ def sample_bilinear(textures: jax.Array, index: jax.Array, v: jax.Array, u: jax.
     num_textures, side, _, channels = textures.shape
     flat = jax.lax.stop_gradient(textures).reshape(num_textures * side * side, channels)
     # Clamping to [-1, side] keeps the floor (and so the int32 index) small for far-away
-    # samples, which then have both corners outside: weight zero.
-    fy = jnp.clip(v - 0.5, -1.0, float(side))
-    fx = jnp.clip(u - 0.5, -1.0, float(side))
+    # samples, which then have both corners outside: weight zero. NaN (a non-finite patch
+    # parameter; ``patch_contributions`` marks its window NaN) reads as outside too, since
+    # NaN has no int32 value.
+    fy = jnp.clip(jnp.nan_to_num(v - 0.5, nan=-1.0), -1.0, float(side))
+    fx = jnp.clip(jnp.nan_to_num(u - 0.5, nan=-1.0), -1.0, float(side))
     y0, x0 = jnp.floor(fy), jnp.floor(fx)
     wy, wx = fy - y0, fx - x0
     # Row and column weights of the near (0) and far (1) corner, zero off the square.

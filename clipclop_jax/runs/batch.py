@@ -29,6 +29,7 @@ from clipclop_jax.runs import preflight, video
 from clipclop_jax.runs.config_files import read_utf8
 from clipclop_jax.runs.generate import generate
 from clipclop_jax.runs.resources import Resources, load_resources
+from clipclop_jax.runs.run_folder import removed_if_left_empty
 from clipclop_jax.runs.settings import GenerateConfig
 from clipclop_jax.version import __version__
 
@@ -165,18 +166,11 @@ def generate_batch(
             preflight.check_prompts(prompt)
         except ValueError as error:
             refused[index] = error
-    created = not os.path.exists(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
-    try:
+    with removed_if_left_empty(out_dir):
+        os.makedirs(out_dir, exist_ok=True)
         if len(refused) < len(prompts):
             resources = resources or load_resources(config)
         return _run_prompts(prompts, refused, config, out_dir, resources, progress_fn, overwrite)
-    except BaseException:
-        if created:
-            # A folder this call made and nothing was written to goes; a user's never does.
-            with contextlib.suppress(OSError):
-                os.rmdir(out_dir)
-        raise
 
 
 def _run_prompts(

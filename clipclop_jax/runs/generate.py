@@ -5,7 +5,6 @@ its own module of ``clipclop_jax.runs``. The CLI is a thin shell over it.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Callable
 
@@ -92,10 +91,9 @@ def generate(
         raise ValueError("config.tiles is set: make tiled collages with tiled.generate_tiled.")
     config = with_absolute_paths(config)
     preflight.check_run(config)
-    created = out_dir is not None and not os.path.exists(out_dir)
-    try:
+    out_dir = None if out_dir is None else os.fspath(out_dir)
+    with run_folder.removed_if_left_empty(out_dir):
         if out_dir is not None:
-            out_dir = os.fspath(out_dir)
             video.check_video_support(gif=config.output.gif, mp4=config.output.mp4)
             run_folder.prepare_output_folder(
                 out_dir, overwrite=overwrite, needed_bytes=estimate_output_bytes(config)
@@ -111,12 +109,6 @@ def generate(
         )
         state = init_state(run.run_key, population, make_optimizer(config.optim))
         return drive_run(config, resources, run, state, None, out_dir, progress_fn, should_stop)
-    except BaseException:
-        if created:
-            # A folder this call made and nothing was written to goes; a user's never does.
-            with contextlib.suppress(OSError):
-                os.rmdir(out_dir)
-        raise
 
 
 def resume(

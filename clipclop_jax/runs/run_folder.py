@@ -12,10 +12,12 @@ unless ``overwrite``, which then removes only what a run wrote there: ``remove_r
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -110,6 +112,28 @@ def _remove_matching(folder: str, pattern: re.Pattern) -> None:
 def _remove_if_empty(folder: str) -> None:
     if not os.path.islink(folder) and not os.listdir(folder):
         os.rmdir(folder)
+
+
+@contextlib.contextmanager
+def removed_if_left_empty(
+    out_dir: str | os.PathLike | None, *, subfolders: tuple[str, ...] = ()
+) -> Iterator[None]:
+    """When the block raises, removes what the failed run left empty: ``subfolders`` of
+    ``out_dir``, and ``out_dir`` itself if it did not exist when the block began.
+
+    Only empty folders go (``os.rmdir``), so a user's files, and a folder the user made, stay;
+    a retry then finds no half-made run.
+    """
+    created = out_dir is not None and not os.path.exists(out_dir)
+    try:
+        yield
+    except BaseException:
+        if out_dir is not None:
+            folders = [os.path.join(out_dir, sub) for sub in subfolders] + [out_dir] * created
+            for folder in folders:
+                with contextlib.suppress(OSError):
+                    os.rmdir(folder)
+        raise
 
 
 def check_output_folder(out_dir: str | os.PathLike, *, needed_bytes: int = 0) -> None:

@@ -8,7 +8,6 @@ shared borders, docs/tiles.md) and rendered once at the output size.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 from collections.abc import Callable
@@ -25,7 +24,7 @@ from clipclop_jax.runs.chunks import ProgressFn
 from clipclop_jax.runs.generate import generate
 from clipclop_jax.runs.outputs import GenerateResult, estimate_output_bytes, write_outputs
 from clipclop_jax.runs.resources import Resources, load_resources, with_absolute_paths
-from clipclop_jax.runs.run_folder import TILE_DIR, prepare_output_folder
+from clipclop_jax.runs.run_folder import TILE_DIR, prepare_output_folder, removed_if_left_empty
 from clipclop_jax.runs.settings import GenerateConfig
 from clipclop_jax.runs.setup import run_keys
 
@@ -99,10 +98,11 @@ def generate_tiled(
     for tile in configs:
         preflight.check_prompts(tile.prompt, tile.region_prompts)
     preflight.check_shared(config)
-    created = out_dir is not None and not os.path.exists(out_dir)
-    try:
+    out_dir = None if out_dir is None else os.fspath(out_dir)
+    # A failure leaves nothing empty behind: the tiles' folder (a failed tile removes its
+    # own), and the run's folder if this call made it.
+    with removed_if_left_empty(out_dir, subfolders=(TILE_DIR,)):
         if out_dir is not None:
-            out_dir = os.fspath(out_dir)
             video.check_video_support(gif=config.output.gif, mp4=config.output.mp4)
             # Every tile's folder, and the assembled collage.png (counted as
             # estimate_output_bytes counts an image: 3 bytes a pixel, twice).
@@ -113,15 +113,6 @@ def generate_tiled(
         return _make_tiled(
             config, grid, configs, out_dir, progress_fn, resources, overwrite, should_stop
         )
-    except BaseException:
-        # What is left empty goes: the tiles' folder (a failed tile removes its own), and the
-        # run's folder if this call made it; a user's folder never does.
-        if out_dir is not None:
-            folders = [os.path.join(out_dir, TILE_DIR)] + [out_dir] * created
-            for folder in folders:
-                with contextlib.suppress(OSError):
-                    os.rmdir(folder)
-        raise
 
 
 def _make_tiled(

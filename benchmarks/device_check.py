@@ -11,11 +11,11 @@ P in 2, 8, 32, 128; for each P, each ``OptimConfig.batching`` and each ``precisi
   first    the first call: lowering, compiling and one chunk;
   CLIP     the floor, forward+backward of CLIP's image tower on the P x K crops w.r.t. the
            pixels (in that precision), and step / CLIP;
-  memory   the device's peak bytes in use so far (``device.memory_stats()``; rows run in
-           ascending P, so it is this row's peak or an earlier one's; None on CPU) and the
-           chunk program's own size (arguments + outputs + temporaries, XLA's estimate).
-Before them, the high-resolution render at 4096 x 4096 (``benchmarks/hires.py``), Poisson blending
-at 2048 and 4096 (``benchmarks/blend.py``), and the bits check: a fixed-seed per-collage
+  memory   the device's peak bytes in use so far in the process (``memory_stats()``, None
+           on CPU: the render, blends and smaller rows before it count too) and the chunk
+           program's own size (arguments + outputs + temporaries, XLA's estimate).
+Before them, the high-resolution render at 4096 x 4096 (``benchmarks/hires.py``), Poisson
+blending at 2048 and 4096 (``benchmarks/blend.py``), and the bits check: a fixed-seed per-collage
 float32 chunk (demo CLIP, 224 x 224, 100 patches, P = 2, 5 steps) run twice here and once
 in a CPU-only subprocess (``JAX_PLATFORMS=cpu``), compared bit for bit.
 

@@ -142,3 +142,12 @@ def test_guidance_of_a_bfloat16_run_holds_bfloat16_weights(resources):
     assert {leaf.dtype for leaf in jax.tree.leaves(float32.guidance.clip_params)} == {
         jnp.dtype(jnp.float32)
     }
+
+
+def test_the_precision_flag_sets_the_config():
+    from clipclop_jax.cli.main import build_parser, config_from_args
+
+    argv = ["generate", "--out", "unused", "a cat", "--precision", "bfloat16"]
+    assert config_from_args(build_parser().parse_args(argv)).optim.precision == "bfloat16"
+    default = config_from_args(build_parser().parse_args(argv[:4]))
+    assert default.optim.precision == "auto"

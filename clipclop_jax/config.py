@@ -283,6 +283,7 @@ def _dataclass_named(owner: type, annotation: Any) -> type | None:
 
 OPTIMIZERS = ("adam", "sgd")
 BATCHINGS = ("auto", "per_collage", "population")
+PRECISIONS = ("auto", "float32", "bfloat16")
 PARAMETER_GROUPS = ("translation", "rotation", "scale", "squeeze", "shear", "colour", "order")
 
 
@@ -314,6 +315,12 @@ class OptimConfig:
         ViT-B/32 and several collages per device, benchmarks/README.md), but the last bits
         then depend on how many collages share a device; "auto" (default): per_collage on
         CPU, population on GPU and TPU.
+      precision: CLIP's arithmetic. "float32"; "bfloat16": CLIP's weights and matrix
+        products in bfloat16 (half the weights' memory and transfer; the renderer, the
+        augmentations, the optimiser and the embeddings' comparison stay float32); "auto"
+        (default): float32 on CPU (where bfloat16 products are not faster and the same seed
+        must give the same bits), bfloat16 on GPU and TPU (their matrix units run bfloat16
+        at twice the float32/TF32 rate or more; docs/devices.md says what is measured).
     """
 
     optimizer: str = "adam"
@@ -333,11 +340,13 @@ class OptimConfig:
     initial_search_size: int = 1
     chunk_steps: int = 10
     batching: str = "auto"
+    precision: str = "auto"
 
     def __post_init__(self):
         check_field_types(self)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("batching", self.batching, BATCHINGS)
+        _check_choice("precision", self.precision, PRECISIONS)
         _check_range("steps", self.steps, 0, 10_000_000)
         _check_range("learning_rate", self.learning_rate, 0.0, 1000.0)
         for group in PARAMETER_GROUPS:

@@ -39,6 +39,7 @@ CONFIG_OPTIONS = {
     "initial_search": ("optim.initial_search_size",),
     "chunk_steps": ("optim.chunk_steps",),
     "batching": ("optim.batching",),
+    "precision": ("optim.precision",),
     "evolution": ("evolution.method",),
     "evolution_frequency": ("evolution.frequency",),
     "num_devices": ("num_devices",),
@@ -168,6 +169,12 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
         choices=("auto", "per_collage", "population"),
         help="each device's collages one at a time (same result on any device count) or in "
         "one batch (faster on GPU/TPU); default auto: per_collage on CPU (docs/devices.md)",
+    )
+    gen.add_argument(
+        "--precision",
+        choices=("auto", "float32", "bfloat16"),
+        help="CLIP's weights and matrix products; the renderer and optimiser stay float32 "
+        "(default auto: float32 on CPU, bfloat16 on GPU/TPU; docs/devices.md)",
     )
     gen.add_argument(
         "--evolution",

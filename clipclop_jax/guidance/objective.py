@@ -115,6 +115,15 @@ def region_loss(region_embeddings: jax.Array, guidance: Guidance) -> jax.Array:
     return -jnp.sum(jnp.mean(similarity, axis=1) * guidance.region_weights)
 
 
+def clip_dtype(optim: OptimConfig) -> jnp.dtype:
+    """CLIP's compute dtype for ``optim.precision``, "auto" resolved on the default backend:
+    float32 on CPU, bfloat16 on GPU and TPU."""
+    precision = optim.precision
+    if precision == "auto":
+        precision = "float32" if jax.default_backend() == "cpu" else "bfloat16"
+    return jnp.dtype(precision)
+
+
 def make_collage_loss(
     config: CollageConfig,
     perceptor,
@@ -126,8 +135,10 @@ def make_collage_loss(
 
     The structural settings are closed over (they decide shapes); everything large comes in
     through ``guidance``. With regions, ``guidance`` must carry region embeddings and weights.
+    CLIP runs in ``clip_dtype(optim)``; the render, the crops and the loss are float32.
     """
     size = perceptor.image_size
+    dtype = clip_dtype(optim)
     num_crops = optim.num_crops if optim.use_augmentations else 1
     boxes = region_boxes(*config.canvas_shape, regions.rows, regions.cols)
     if not regions.num_regions:
@@ -151,7 +162,10 @@ def make_collage_loss(
             region = image[top : top + height, left : left + width]
             crops.append(views(jax.random.fold_in(key, r + 1), region, per_region))
         embeddings = perceptor.embed_images(
-            guidance.clip_params, jnp.concatenate(crops), normalize=optim.normalize_input
+            guidance.clip_params,
+            jnp.concatenate(crops),
+            normalize=optim.normalize_input,
+            dtype=dtype,
         )
         value = prompt_loss(embeddings[:num_crops], guidance)
         if boxes:

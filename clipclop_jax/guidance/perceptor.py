@@ -182,7 +182,9 @@ class Perceptor:
         ids, mask = self.tokenize(texts)
         return self._text_fn(self.params, jnp.asarray(ids), jnp.asarray(mask))
 
-    def embed_images(self, params: Any, images: jax.Array, *, normalize: bool = True) -> jax.Array:
+    def embed_images(
+        self, params: Any, images: jax.Array, *, normalize: bool = True, dtype: Any = None
+    ) -> jax.Array:
         """Embeds images; pure in ``params`` and differentiable in ``images``.
 
         Images are resized (antialiased, aspect not kept: crop first to keep it) to
@@ -196,6 +198,10 @@ class Perceptor:
           normalize: False feeds the [0, 1] pixels to the vision tower as they are, as the
             original CLIP-CLOP did by default (``use_normalized_clip: False``); a static
             setting (``OptimConfig.normalize_input``).
+          dtype: the vision tower's weights and arithmetic (None: the loaded model's, float32
+            by default). bfloat16 (``OptimConfig.precision``) casts the weights and the
+            normalised pixels to it inside the program (a no-op for weights already in it);
+            gradients reach the float32 pixels through the cast.
 
         Returns:
           [B, D] float32, L2-normalised rows.
@@ -212,9 +218,25 @@ class Perceptor:
             mean = jnp.asarray(self.mean, jnp.float32).reshape(1, 1, 1, 3)
             std = jnp.asarray(self.std, jnp.float32).reshape(1, 1, 1, 3)
             pixels = (images - mean) / std
+        module = self.module
+        if dtype is not None and jnp.dtype(dtype) != jnp.dtype(module.dtype):
+            module = module.clone(dtype=jnp.dtype(dtype))
+            params = cast_floats(params, dtype)
+            pixels = pixels.astype(dtype)
         with flax.linen.intercept_methods(_patch_conv_as_matmul):
-            features = self.module.apply({"params": params}, pixels, method=_image_method)
+            features = module.apply({"params": params}, pixels, method=_image_method)
         return _normalise(features.astype(jnp.float32))
+
+
+def cast_floats(tree: Any, dtype: Any) -> Any:
+    """``tree`` with its floating-point leaves in ``dtype`` (integer leaves as they are)."""
+
+    def cast(leaf):
+        if leaf.dtype == dtype or not jnp.issubdtype(leaf.dtype, jnp.floating):
+            return leaf
+        return leaf.astype(dtype)
+
+    return jax.tree.map(cast, tree)
 
 
 def _image_method(module: Any, pixels: jax.Array) -> jax.Array:

@@ -17,9 +17,10 @@ from clipclop_jax.collage.params import Collage, random_population, stack, take
 from clipclop_jax.guidance.objective import (
     DEFAULT_REGION_WEIGHT,
     Guidance,
+    clip_dtype,
     make_collage_loss,
 )
-from clipclop_jax.guidance.perceptor import Perceptor
+from clipclop_jax.guidance.perceptor import Perceptor, cast_floats
 from clipclop_jax.guidance.prompts import parse_grid, parse_prompts
 from clipclop_jax.runs.resources import Resources
 from clipclop_jax.runs.settings import GenerateConfig
@@ -61,7 +62,9 @@ def prepare_run(
                 f"{(*config.collage.canvas_shape, 3)} for this canvas."
             )
     guidance = Guidance(
-        clip_params=perceptor.params,
+        # In CLIP's compute dtype already: bfloat16 weights take half the device memory and
+        # half the transfer (the prompts are embedded from the float32 weights).
+        clip_params=cast_floats(perceptor.params, clip_dtype(config.optim)),
         text_embeddings=perceptor.embed_text([p.text for p in prompts]),
         prompt_weights=jnp.asarray([p.weight for p in prompts], jnp.float32),
         library=jax.tree.map(jnp.asarray, library.low),

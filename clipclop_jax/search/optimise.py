@@ -285,11 +285,10 @@ def make_chunk(
     unplaced = jit(whole, donate_argnums=0)
     placed = {}  # input shardings -> program that keeps them
 
-    @functools.wraps(whole)
-    def run(state: RunState, guidance: Guidance, num_steps):
+    def program_for(state: RunState):
         shardings = [getattr(leaf, "sharding", None) for leaf in jax.tree.leaves(state)]
         if not all(isinstance(s, NamedSharding) for s in shardings):
-            return unplaced(state, guidance, num_steps)
+            return unplaced
         layout = (jax.tree.structure(state), tuple(shardings))
         if layout not in placed:
             mesh = shardings[0].mesh
@@ -298,6 +297,15 @@ def make_chunk(
                 NamedSharding(mesh, PartitionSpec()),
             )
             placed[layout] = jit(make_program(mesh), donate_argnums=0, out_shardings=out_shardings)
-        return placed[layout](state, guidance, num_steps)
+        return placed[layout]
 
+    @functools.wraps(whole)
+    def run(state: RunState, guidance: Guidance, num_steps):
+        return program_for(state)(state, guidance, num_steps)
+
+    # ``run.lower(state, guidance, num_steps)``: the program a call would run, lowered
+    # (its text, its compiled cost), without running it.
+    run.lower = lambda state, guidance, num_steps: program_for(state).lower(
+        state, guidance, num_steps
+    )
     return run

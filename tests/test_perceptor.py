@@ -137,7 +137,7 @@ def test_offline_hub_name_raises_one_line_perceptor_error(tmp_path):
 
 def test_matches_pytorch_clip_on_the_same_weights(demo, embed_jit, tmp_path):
     """An independent reference: transformers' PyTorch CLIP, converted from our weights."""
-    torch = pytest.importorskip("torch")
+    from pytorch_reference import pytorch_embeddings
     from transformers import CLIPConfig, CLIPModel
     from transformers.modeling_flax_pytorch_utils import load_flax_weights_in_pytorch_model
 
@@ -149,20 +149,10 @@ def test_matches_pytorch_clip_on_the_same_weights(demo, embed_jit, tmp_path):
     model = load_flax_weights_in_pytorch_model(model, weights)
     size = demo.image_size
     images = np.asarray(jax.random.uniform(jax.random.key(2), (2, size, size, 3)))
-    pixels = (images - np.asarray(demo.mean)) / np.asarray(demo.std)
-    ids, mask = demo.tokenize(["a red circle", "something blue"])
-    with torch.no_grad():
-        image_ref = model.get_image_features(
-            pixel_values=torch.from_numpy(pixels.transpose(0, 3, 1, 2)).float()
-        ).numpy()
-        text_ref = model.get_text_features(
-            input_ids=torch.from_numpy(ids).long(), attention_mask=torch.from_numpy(mask)
-        ).numpy()
-    normalise = lambda v: v / np.linalg.norm(v, axis=-1, keepdims=True)
-    np.testing.assert_allclose(embed_jit(demo.params, images), normalise(image_ref), atol=1e-4)
-    np.testing.assert_allclose(
-        demo.embed_text(["a red circle", "something blue"]), normalise(text_ref), atol=1e-4
-    )
+    prompts = ["a red circle", "something blue"]
+    image_ref, text_ref = pytorch_embeddings(model, demo, images, prompts)
+    np.testing.assert_allclose(embed_jit(demo.params, images), image_ref, atol=1e-4)
+    np.testing.assert_allclose(demo.embed_text(prompts), text_ref, atol=1e-4)
 
 
 @pytest.mark.parametrize("use_bias", [True, False])

@@ -138,7 +138,10 @@ def make_collage_loss(
     CLIP runs in ``clip_dtype(optim)``; the render, the crops and the loss are float32.
     """
     size = perceptor.image_size
+    # Only a reduced precision is passed on: a perceptor written for float32 (any object with
+    # ``embed_images(params, images, *, normalize)``) keeps working.
     dtype = clip_dtype(optim)
+    precision = {} if dtype == jnp.float32 else {"dtype": dtype}
     num_crops = optim.num_crops if optim.use_augmentations else 1
     boxes = region_boxes(*config.canvas_shape, regions.rows, regions.cols)
     if not regions.num_regions:
@@ -165,7 +168,7 @@ def make_collage_loss(
             guidance.clip_params,
             jnp.concatenate(crops),
             normalize=optim.normalize_input,
-            dtype=dtype,
+            **precision,
         )
         value = prompt_loss(embeddings[:num_crops], guidance)
         if boxes:

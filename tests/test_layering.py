@@ -10,10 +10,10 @@ import shutil
 import subprocess
 import sys
 
-import clipclop_jax
-
-PACKAGE = pathlib.Path(clipclop_jax.__file__).parent
-ROOT = PACKAGE.parent
+# The checkout: its pyproject.toml holds the contracts, and they are checked on its source
+# (the installed package, in site-packages, has no pyproject.toml beside it).
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "clipclop_jax"
 
 
 def lint_imports(root: pathlib.Path) -> subprocess.CompletedProcess:

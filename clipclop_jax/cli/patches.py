@@ -13,7 +13,7 @@ import inspect
 import os
 import sys
 
-from clipclop_jax.library.segment import SEGMENTATIONS
+from clipclop_jax.library.segment import MODEL_PREFIX, SEGMENTATIONS
 
 # Skipped images listed on the terminal; --skipped-log gets them all.
 MAX_LISTED = 20
@@ -51,11 +51,32 @@ def add_patches_parser(subparsers) -> argparse.ArgumentParser:
     seg.add_argument(
         "--segmentation",
         default="auto",
-        choices=[s for s in SEGMENTATIONS],
+        metavar="{" + ",".join(SEGMENTATIONS) + ",model:NAME_OR_PATH}",
         help="auto: the file's alpha, else background removal if the border is one colour, "
         "else superpixels; alpha: the file's transparency; background: remove a uniform "
         "background; superpixels: SLIC regions; graph: Felzenszwalb regions; whole: keep "
-        "each image as a rectangle",
+        "each image as a rectangle; model:NAME_OR_PATH: a Hugging Face segmentation model by "
+        "hub name (e.g. model:nvidia/segformer-b0-finetuned-ade-512-512) or save_pretrained "
+        "folder, one cut-out per object (needs pip install 'clipclop-jax[segment]')",
+    )
+    seg.add_argument(
+        "--classes",
+        default=None,
+        metavar="NAME,NAME",
+        help="with model:...: only these classes of the model (e.g. person,dog); default: "
+        "every class but background",
+    )
+    seg.add_argument(
+        "--min-score",
+        type=float,
+        default=0.5,
+        help="with model:...: objects the model is less sure of (0-1) are dropped",
+    )
+    seg.add_argument(
+        "--batch-size",
+        type=int,
+        default=8,
+        help="with model:...: images per forward pass (on the GPU when there is one)",
     )
     seg.add_argument(
         "--model",
@@ -65,7 +86,12 @@ def add_patches_parser(subparsers) -> argparse.ArgumentParser:
         "instantiate) in an importable module or a .py file, called with an [H, W, 3] uint8 "
         "image and returning masks or a label map",
     )
-    seg.add_argument("--model-threshold", type=float, default=0.5, help="model mask threshold")
+    seg.add_argument(
+        "--model-threshold",
+        type=float,
+        default=0.5,
+        help="mask probability from which a pixel is in a model's mask (--model, model:...)",
+    )
     seg.add_argument("--segments", type=int, default=24, help="superpixels: regions made per image")
     seg.add_argument(
         "--max-per-image", type=int, default=10, help="superpixels: regions kept per image"
@@ -171,11 +197,32 @@ def load_model(spec: str):
 
 def build_options(args: argparse.Namespace) -> dict:
     """The ``build_library`` keyword arguments that ``args`` set."""
+    segmentation = args.segmentation
+    hub_model = segmentation.startswith(MODEL_PREFIX)
+    if segmentation not in SEGMENTATIONS and not hub_model:
+        raise PatchesCommandError(
+            f"--segmentation {segmentation!r} is unknown: use one of {', '.join(SEGMENTATIONS)} "
+            "or model:NAME_OR_PATH."
+        )
+    if not hub_model and (args.classes is not None):
+        raise PatchesCommandError(
+            "--classes needs a segmentation model: add --segmentation model:NAME_OR_PATH."
+        )
     if args.model is not None:
+        if hub_model:
+            raise PatchesCommandError(
+                "--model and --segmentation model:... both name a model: give one of them."
+            )
         segmentation = load_model(args.model)
         seg_options = {"threshold": args.model_threshold}
+    elif hub_model:
+        seg_options = {
+            "classes": args.classes.split(",") if args.classes is not None else None,
+            "min_score": args.min_score,
+            "threshold": args.model_threshold,
+            "batch_size": args.batch_size,
+        }
     else:
-        segmentation = args.segmentation
         seg_options = {}
         if segmentation in ("auto", "superpixels", "graph"):
             seg_options = dict(

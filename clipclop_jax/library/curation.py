@@ -49,6 +49,10 @@ class Curator:
         return cutout, None
 
 
+def _score(score: float | None) -> float:
+    return float("nan") if score is None else float(score)
+
+
 def normalised_brightness(cutout: np.ndarray) -> np.ndarray:
     """Scales colours so the brightest visible channel value becomes 255."""
     visible = cutout[..., 3] > ALPHA_EMPTY
@@ -106,7 +110,8 @@ class SlotStore:
         self._threshold = dedupe_threshold
         self._rng = rng
         self._thumbs = np.zeros((0, THUMBNAIL * THUMBNAIL * 4), np.float32)
-        self._records: list[tuple[int, str, tuple[int, int]] | None] = []
+        # (arrival, name, (height, width), (source, label, score)) per slot; None: free.
+        self._records: list[tuple | None] = []
         self._free: list[int] = []
         self._accepted = 0
         self._dropped = 0
@@ -115,8 +120,21 @@ class SlotStore:
     def count(self) -> int:
         return len(self._records) - len(self._free)
 
-    def offer(self, square: np.ndarray, size, name: str) -> str | None:
-        """Keeps ``square`` (maybe evicting another), or returns why it is not kept."""
+    def offer(
+        self,
+        square: np.ndarray,
+        size,
+        name: str,
+        *,
+        source: str | None = None,
+        label: str | None = None,
+        score: float | None = None,
+    ) -> str | None:
+        """Keeps ``square`` (maybe evicting another), or returns why it is not kept.
+
+        ``source`` (the image it was cut from; default ``name``), ``label`` and ``score``
+        (a segmentation model's) are kept with it for the library's records.
+        """
         thumb = thumbnail(square)
         if self._threshold > 0 and self.count:
             used = len(self._records)
@@ -146,7 +164,8 @@ class SlotStore:
                 grown[: len(self._thumbs)] = self._thumbs
                 self._thumbs = grown
         self._thumbs[slot] = thumb
-        self._records[slot] = (self._accepted, name, (int(size[0]), int(size[1])))
+        extra = (name if source is None else source, label or "", _score(score))
+        self._records[slot] = (self._accepted, name, (int(size[0]), int(size[1])), extra)
         self._file.seek(slot * self._bytes)
         self._file.write(np.ascontiguousarray(square, np.uint8).tobytes())
         return None
@@ -181,6 +200,10 @@ class SlotStore:
 
     def size(self, slot: int) -> tuple[int, int]:
         return self._records[slot][2]
+
+    def record(self, slot: int) -> tuple[str, str, float]:
+        """(source, label or "", score or NaN) of a kept square."""
+        return self._records[slot][3]
 
     def close(self) -> None:
         self._file.close()

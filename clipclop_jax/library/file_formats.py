@@ -30,6 +30,10 @@ from clipclop_jax.library.patch_library import (
 )
 
 LIBRARY_FORMAT = "clipclop-jax-library/1"
+# Optional per-patch arrays (``build_library`` writes them; libraries without them still
+# load, with these defaults): the source image, the class a segmentation model gave, and
+# its score (NaN: none).
+RECORD_DEFAULTS = {"sources": "", "labels": "", "scores": float("nan")}
 
 
 def save_library(path: str | os.PathLike, library: Library) -> None:
@@ -93,6 +97,36 @@ def check_library_arrays(source: str, rgba, sizes, names: Sequence | None = None
         )
     if names is not None and len(names) != count:
         raise LibraryError(f"{where}: {len(names)} names for {count} patches: {fix}.")
+
+
+def library_records(data, count: int, source: str) -> dict[str, np.ndarray]:
+    """The optional per-patch arrays of an opened library ``.npz`` (``RECORD_DEFAULTS``).
+
+    Args:
+      data: the ``np.load`` archive.
+      count: patches in the library.
+      source: the file, for the message.
+
+    Returns:
+      {"sources": [P] str, "labels": [P] str, "scores": [P] float32}, defaults where the
+      file has no such array (libraries written before they existed).
+
+    Raises:
+      LibraryError: an array holds a different number of entries than the library.
+    """
+    records = {}
+    for key, default in RECORD_DEFAULTS.items():
+        if key in data:
+            values = np.atleast_1d(data[key])
+            if values.shape != (count,):
+                raise LibraryError(
+                    f"patch library {source!r}: {key} has shape {list(values.shape)} for {count} "
+                    "patches: rebuild it with `clipclop patches build`."
+                )
+        else:
+            values = np.full(count, default)
+        records[key] = values.astype(np.float32) if key == "scores" else values.astype(str)
+    return records
 
 
 def npz_cutouts(path: pathlib.Path):

@@ -1,7 +1,8 @@
 """Patch maker: photos, folders and datasets -> a curated patch library ``.npz``.
 
 ``build_library`` streams the source images one at a time: each is segmented into cut-outs
-(``segment``), the cut-outs are filtered by size, aspect and coverage, optionally brightness-
+(``segment``; or a Hugging Face model, ``segment_models``, which takes the images a batch at
+a time), the cut-outs are filtered by size, aspect and coverage, optionally brightness-
 normalised, placed in library squares, de-duplicated and selected (all, random or diverse;
 those rules live in ``curation``), and the squares kept go to a scratch file on disk. Only
 small per-patch records stay in memory, so 10,000 source images build in bounded memory. The
@@ -27,13 +28,20 @@ import numpy as np
 from PIL import Image
 
 from clipclop_jax import io
-from clipclop_jax.library.contact_sheet import save_contact_sheet, shown_indices
+from clipclop_jax.library.contact_sheet import captions_of, save_contact_sheet, shown_indices
 from clipclop_jax.library.curation import SELECTIONS, Curator, SlotStore
 from clipclop_jax.library.cutouts import ALPHA_EMPTY
 from clipclop_jax.library.file_formats import LIBRARY_FORMAT
 from clipclop_jax.library.npz_reader import load_library_subset
 from clipclop_jax.library.patch_library import LibraryError, square_patch
-from clipclop_jax.library.segment import MaskModel, cutout_from_mask, make_segmenter
+from clipclop_jax.library.segment import (
+    MODEL_PREFIX,
+    MaskModel,
+    cutout_from_mask,
+    make_segmenter,
+)
+from clipclop_jax.library.segment_models import load_hub_segmenter
+from clipclop_jax.library.segment_outputs import Region
 from clipclop_jax.library.sources import open_sources
 
 __all__ = ["BuildError", "BuildReport", "build_library", "load_library_subset"]
@@ -97,10 +105,14 @@ def build_library(
       sources: see ``sources.open_sources``: folders, image files, ``.npy``/``.npz``
         patch files, ``"tfds:NAME[:SPLIT]"``, arrays, or a list or iterator of these.
       out: the library file to write (``.npz``); replaced only once complete.
-      segmentation: "auto", "alpha", "background", "superpixels", "graph", "whole", or a
-        learned model (``segment.MaskModel``); see ``segment.make_segmenter``.
+      segmentation: "auto", "alpha", "background", "superpixels", "graph", "whole" (see
+        ``segment.make_segmenter``), "model:NAME_OR_PATH" (a Hugging Face segmentation
+        model by hub name or ``save_pretrained`` folder: ``segment_models``), or your own
+        model (``segment.MaskModel``).
       segmentation_options: keyword options for the segmenter (e.g. ``num_segments``,
-        ``min_solidity``, ``max_regions``; ``threshold`` for a model).
+        ``min_solidity``, ``max_regions``; ``threshold`` for a model; ``classes``,
+        ``min_score``, ``batch_size``, ``device`` for a hub model: see
+        ``segment_models.load_hub_segmenter``).
       max_source_side: images are downscaled to at most this longest side before
         segmentation (bounds time and memory; patches are ``side`` texels anyway).
       feather: soft-edge width as a fraction of each cut-out's longest side (at least one
@@ -136,7 +148,7 @@ def build_library(
     _check_destination(out, "out")
     if preview is not None:
         _check_destination(preview, "preview")
-    segmenter = make_segmenter(segmentation, **dict(segmentation_options or {}))
+    segmenter = _make_segmenter(segmentation, dict(segmentation_options or {}))
     stream = open_sources(sources, data_dir=data_dir, image_key=image_key)
     out = os.fspath(out)
     folder = os.path.dirname(os.path.abspath(out))
@@ -158,22 +170,25 @@ def build_library(
             rng=rng,
         )
         with contextlib.closing(store):
-            for image in stream:
+            empty = getattr(segmenter, "empty_reason", "nothing segmented")
+            for image, rgba, outcome, scale in _segmented(stream, segmenter, max_source_side):
                 images += 1
-                if image.rgba is None:
-                    skipped.append((image.name, image.error or "unreadable"))
+                if isinstance(outcome, str):
+                    skipped.append((image.name, outcome))
                 else:
-                    found, reason = _cut(image, segmenter, max_source_side, feather)
+                    found, reason = _cut(image, rgba, outcome, feather, empty)
                     cutouts += len(found)
                     if not found:
                         skipped.append((image.name, reason))
-                    for name, cutout, scale in found:
+                    for name, cutout, label, score in found:
                         cutout, why = curate(cutout, scale)
                         if why:
                             rejected[why] += 1
                             continue
                         square, size = square_patch(cutout, side)
-                        why = store.offer(square, size, name)
+                        why = store.offer(
+                            square, size, name, source=image.name, label=label, score=score
+                        )
                         if why:
                             rejected[why] += 1
                 if progress_fn is not None:
@@ -189,7 +204,9 @@ def build_library(
                     "library": os.path.basename(out),
                     "patches": f"{len(shown)} of {store.count}",
                 }
-                save_contact_sheet(preview, squares, len(shown), text=text)
+                records = [store.record(order[i]) for i in shown]
+                captions = captions_of(*zip(*records, strict=True))
+                save_contact_sheet(preview, squares, len(shown), text=text, captions=captions)
             count = store.count
     return BuildReport(
         out,
@@ -240,16 +257,67 @@ def _nothing_message(images, cutouts, rejected, skipped) -> str:
     )
 
 
-def _cut(image, segmenter, max_source_side: int, feather: float):
-    """One source image -> ([(name, cut-out, source pixels per cut-out pixel)], reason)."""
-    rgba, scale = _downscaled(image.rgba, max_source_side)
-    try:
-        masks = segmenter(rgba, image.has_alpha)
-    except ValueError as error:
-        return [], f"segmentation failed ({error})"
+def _make_segmenter(segmentation, options: dict):
+    if isinstance(segmentation, str) and segmentation.startswith(MODEL_PREFIX):
+        return load_hub_segmenter(segmentation[len(MODEL_PREFIX) :], **options)
+    if isinstance(segmentation, str) and {"classes", "min_score"} & options.keys():
+        raise BuildError(
+            f"classes and min_score need a segmentation model, not {segmentation!r}: use "
+            "segmentation='model:NAME_OR_PATH' (--segmentation model:NAME_OR_PATH)."
+        )
+    return make_segmenter(segmentation, **options)
+
+
+def _segmented(stream, segmenter, max_source_side: int):
+    """(image, downscaled rgba, its regions or masks or why it has none, source pixels per
+    pixel) for each source image.
+
+    Images go to a segmenter with ``segment_batch`` (a hub model) ``batch_size`` at a
+    time, in order; memory holds one batch of downscaled images and their masks.
+    """
+    batch_size = getattr(segmenter, "batch_size", 1)
+    waiting: list = []  # (image, downscaled rgba or None, scale), in source order
+
+    def flush():
+        ready = [i for i, (_, rgba, _) in enumerate(waiting) if rgba is not None]
+        if hasattr(segmenter, "segment_batch"):
+            results = segmenter.segment_batch([waiting[i][1] for i in ready])
+        else:
+            results = []
+            for i in ready:
+                image, rgba, _ = waiting[i]
+                try:
+                    results.append(segmenter(rgba, image.has_alpha))
+                except ValueError as error:
+                    results.append(error)
+        outcome = dict(zip(ready, results, strict=True))
+        for i, (image, rgba, scale) in enumerate(waiting):
+            if image.rgba is None:
+                yield image, None, image.error or "unreadable", scale
+            elif isinstance(outcome[i], Exception):
+                yield image, rgba, f"segmentation failed ({outcome[i]})", scale
+            else:
+                yield image, rgba, outcome[i], scale
+        waiting.clear()
+
+    for image in stream:
+        if image.rgba is None:
+            waiting.append((image, None, 1.0))
+        else:
+            waiting.append((image, *_downscaled(image.rgba, max_source_side)))
+            if sum(rgba is not None for _, rgba, _ in waiting) >= batch_size:
+                yield from flush()
+    yield from flush()
+
+
+def _cut(image, rgba, masks, feather: float, empty: str):
+    """One image's masks (arrays or ``Region``s) on its downscaled ``rgba`` ->
+    ([(name, cut-out, label, score)], why there is none)."""
     found = []
-    for index, mask in enumerate(masks):
-        mask = np.asarray(mask)
+    for index, region in enumerate(masks):
+        if not isinstance(region, Region):  # a plain mask keeps what the source said
+            region = Region(region, image.label, image.score)
+        mask = np.asarray(region.mask)
         visible = mask > ALPHA_EMPTY
         if not visible.any():
             continue
@@ -259,8 +327,8 @@ def _cut(image, segmenter, max_source_side: int, feather: float):
         cutout = cutout_from_mask(rgba, mask, feather_pixels=radius)
         if cutout is not None:
             name = image.name if len(masks) == 1 else f"{image.name}#{index}"
-            found.append((name, cutout, scale))
-    return found, "nothing segmented" if not masks else "all masks empty"
+            found.append((name, cutout, region.label, region.score))
+    return found, empty if not masks else "all masks empty"
 
 
 def _downscaled(rgba: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
@@ -281,10 +349,14 @@ def _write_library_npz(out: str, store: SlotStore) -> None:
         open(temporary, "wb") as raw,
         zipfile.ZipFile(raw, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as archive,
     ):
+        sources, labels, scores = zip(*(store.record(i) for i in order), strict=True)
         for key, value in (
             ("format", np.asarray(LIBRARY_FORMAT)),
             ("sizes", np.asarray([store.size(i) for i in order], np.int32).reshape(-1, 2)),
             ("names", np.asarray([store.name(i) for i in order])),
+            ("sources", np.asarray(sources)),
+            ("labels", np.asarray(labels)),
+            ("scores", np.asarray(scores, np.float32)),
         ):
             with archive.open(f"{key}.npy", "w", force_zip64=True) as handle:
                 np.lib.format.write_array(handle, value, allow_pickle=False)

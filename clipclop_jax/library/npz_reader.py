@@ -24,7 +24,11 @@ import numpy as np
 
 from clipclop_jax import safe_npy
 from clipclop_jax.library.cutouts import ALPHA_EMPTY
-from clipclop_jax.library.file_formats import check_library_arrays, check_library_format
+from clipclop_jax.library.file_formats import (
+    check_library_arrays,
+    check_library_format,
+    library_records,
+)
 from clipclop_jax.library.patch_library import (
     Library,
     LibraryError,
@@ -106,14 +110,34 @@ def read_library_index(path: str | os.PathLike) -> tuple[np.ndarray, tuple[str, 
     return np.asarray(sizes, np.int32), names
 
 
-def iter_library_cutouts(path: str | os.PathLike) -> Iterator[tuple[str, np.ndarray]]:
-    """``(name, cut-out)`` for each patch of a library ``.npz``, one square in memory at a time."""
+def read_library_records(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """A library ``.npz``'s per-patch records: ``names``, ``sources``, ``labels`` ([P] str)
+    and ``scores`` ([P] float32, NaN where none); see ``file_formats.library_records``."""
+    _, names = read_library_index(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            records = library_records(data, len(names), os.fspath(path))
+    except LibraryError:
+        raise
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        reason = safe_npy.load_error_reason(error)
+        raise SourceError(f"{os.fspath(path)!r} cannot be read as a library ({reason}).") from None
+    return {"names": np.asarray(names, str), **records}
+
+
+def iter_library_cutouts(path: str | os.PathLike) -> Iterator[tuple[str, np.ndarray, str, float]]:
+    """``(name, cut-out, label, score)`` for each patch of a library ``.npz``, one square in
+    memory at a time (label "" and score NaN where the library has none)."""
     sizes, names = read_library_index(path)
+    records = read_library_records(path)
     with NpyRows(path, "rgba") as rows:
         side = rows.shape[1]
-        for name, square, (height, width) in zip(names, rows, sizes, strict=True):
+        for name, square, (height, width), label, score in zip(
+            names, rows, sizes, records["labels"], records["scores"], strict=True
+        ):
             top, left = (side - height) // 2, (side - width) // 2
-            yield name, np.array(square[top : top + height, left : left + width])
+            cutout = np.array(square[top : top + height, left : left + width])
+            yield name, cutout, str(label), float(score)
 
 
 def load_library_subset(

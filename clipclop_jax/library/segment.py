@@ -27,6 +27,8 @@ from clipclop_jax.library.cutouts import ALPHA_EMPTY, crop_to_alpha, feather, re
 # A segmenter: (rgba [H, W, 4] uint8, has_alpha) -> masks, each [H, W] uint8.
 Segmenter = Callable[[np.ndarray, bool], list[np.ndarray]]
 SEGMENTATIONS = ("auto", "alpha", "background", "superpixels", "graph", "whole")
+# segmentation="model:NAME_OR_PATH": a Hugging Face model (``segment_models``, via ``maker``).
+MODEL_PREFIX = "model:"
 
 
 class MaskModel(Protocol):

@@ -39,12 +39,16 @@ class SourceImage(NamedTuple):
       rgba: [H, W, 4] uint8 straight RGBA, or None if it could not be read.
       has_alpha: whether the image carried transparency.
       error: why it could not be read (None when it could).
+      label, score: what a segmentation model said of it, for a patch of a library built
+        with one (re-curating keeps them); None otherwise.
     """
 
     name: str
     rgba: np.ndarray | None
     has_alpha: bool = False
     error: str | None = None
+    label: str | None = None
+    score: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,8 +218,9 @@ def _library_length(path: pathlib.Path) -> int:
 
 
 def _library_items(path: pathlib.Path) -> Iterator[SourceImage]:
-    for name, cutout in iter_library_cutouts(path):
-        yield SourceImage(name, cutout, True)
+    for name, cutout, label, score in iter_library_cutouts(path):
+        score = None if np.isnan(score) else score
+        yield SourceImage(name, cutout, True, None, label or None, score)
 
 
 def parse_tfds(spec: str) -> tuple[str, str]:

@@ -258,6 +258,8 @@ def _nothing_message(images, cutouts, rejected, skipped) -> str:
 
 
 def _make_segmenter(segmentation, options: dict):
+    if hasattr(segmentation, "segment_batch"):  # a loaded hub model (``segment_models``)
+        return segmentation
     if isinstance(segmentation, str) and segmentation.startswith(MODEL_PREFIX):
         return load_hub_segmenter(segmentation[len(MODEL_PREFIX) :], **options)
     if isinstance(segmentation, str) and {"classes", "min_score"} & options.keys():

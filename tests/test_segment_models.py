@@ -38,6 +38,16 @@ PLAIN = ["--feather", "0", "--min-coverage", "0", "--dedupe", "0", "--max-aspect
 PLAIN += ["--min-width", "1", "--min-height", "1", "--side", str(SIDE), "--quiet"]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models run fastest on one thread; several spin against each other on a busy CI
+    machine (measured: this file took 69 s with torch's default threads, 23 s with one)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def offline(monkeypatch):
     """The hub library read its settings at import, maybe before this file set the variable."""
@@ -406,33 +416,43 @@ def test_forced_model_cuts_each_photo_whole_with_its_label_and_score(
     assert (first_caption < 100).any() and (first_caption == 255).mean() > 0.5
 
 
-def _reference_regions(folder, image, **options):
-    """What the post-processing gives for the model's own output on one image, computed
-    here from transformers' classes (and, for semantic models, transformers' own label map)."""
+def _reference(folder):
+    """A function giving what the post-processing makes of the model's own output on one
+    image, computed here from transformers' classes (and, for semantic models, checking our
+    label map against transformers' own ``post_process_semantic_segmentation``)."""
     config = transformers.AutoConfig.from_pretrained(folder)
     processor = transformers.AutoImageProcessor.from_pretrained(folder, use_fast=False)
+    semantic = config.model_type == "segformer"
+    auto = (
+        transformers.AutoModelForSemanticSegmentation
+        if semantic
+        else transformers.AutoModelForUniversalSegmentation
+    )
+    model = auto.from_pretrained(folder).eval()
     every = resolve_classes(LABELS, None)
-    if config.model_type == "segformer":
-        model = transformers.AutoModelForSemanticSegmentation.from_pretrained(folder).eval()
+
+    def regions(image, **options):
         with torch.no_grad():
             outputs = model(**processor(images=image, return_tensors="pt"))
-        theirs = processor.post_process_semantic_segmentation(
-            outputs, target_sizes=[image.shape[:2]]
-        )[0].numpy()
-        label_map, confidence = segment_models.upsampled_labels(outputs.logits[0], image.shape[:2])
-        np.testing.assert_array_equal(label_map, theirs)
-        return semantic_regions(label_map, confidence, LABELS, class_ids=every, **options)
-    model = transformers.AutoModelForUniversalSegmentation.from_pretrained(folder).eval()
-    with torch.no_grad():
-        outputs = model(**processor(images=image, return_tensors="pt"))
-    return instance_regions(
-        outputs.class_queries_logits[0].numpy(),
-        outputs.masks_queries_logits[0].numpy(),
-        LABELS,
-        image.shape[:2],
-        class_ids=every,
-        **options,
-    )
+        if semantic:
+            theirs = processor.post_process_semantic_segmentation(
+                outputs, target_sizes=[image.shape[:2]]
+            )[0].numpy()
+            label_map, confidence = segment_models.upsampled_labels(
+                outputs.logits[0], image.shape[:2]
+            )
+            np.testing.assert_array_equal(label_map, theirs)
+            return semantic_regions(label_map, confidence, LABELS, class_ids=every, **options)
+        return instance_regions(
+            outputs.class_queries_logits[0].numpy(),
+            outputs.masks_queries_logits[0].numpy(),
+            LABELS,
+            image.shape[:2],
+            class_ids=every,
+            **options,
+        )
+
+    return regions
 
 
 @pytest.mark.parametrize("name", ["segformer", "mask2former"])
@@ -444,9 +464,10 @@ def test_random_model_cut_outs_are_its_post_processed_output(name, model_dirs, p
 
     records, squares = _records(out)
     expected = []
+    reference = _reference(folder)
     for image_name in ("a.png", "b.png", "c.png"):
         rgb = np.asarray(Image.open(photos / image_name).convert("RGB"))
-        regions = _reference_regions(folder, rgb, min_score=0.2)
+        regions = reference(rgb, min_score=0.2)
         for index, region in enumerate(regions):
             suffix = "" if len(regions) == 1 else f"#{index}"
             visible = region.mask > 0
@@ -491,6 +512,21 @@ def test_class_filter_and_min_score_decide_what_is_kept(model_dirs, photos, tmp_
     assert str(error.value) == (
         "the model has no class 'cat': its labels are background, person, dog."
     )
+
+
+def test_a_model_cut_out_keeps_the_transparency_of_the_file(model_dirs, tmp_path):
+    rgba = np.random.default_rng(2).integers(0, 256, (40, 60, 4), np.uint8)
+    rgba[..., 3] = 0
+    rgba[5:30, 10:50, 3] = 255  # only this box is visible in the file
+    patch_maker.build_library(
+        [("cut.png", rgba)],
+        tmp_path / "t.npz",
+        segmentation=f"model:{model_dirs['forced-segformer']}",
+        side=SIDE,
+        feather=0.0,
+    )
+    with np.load(tmp_path / "t.npz") as data:
+        np.testing.assert_array_equal(data["rgba"][0], square_patch(rgba[5:30, 10:50], SIDE)[0])
 
 
 def test_images_stream_through_in_batches(model_dirs, tmp_path):
@@ -566,7 +602,8 @@ def test_models_that_cannot_be_used_are_one_line_errors(model_dirs, tmp_path):
     config.save_pretrained(detector)
     with pytest.raises(ValueError, match="without a mask head.*detr-resnet-50-panoptic"):
         load(detector)
-    with pytest.raises(ValueError, match="--classes needs a segmentation model"):
-        cli_patches.build_options(
-            _parse(["patches", "build", "x", "--out", "x.npz", "--classes", "dog"])
-        )
+    for option in ("--classes", "--min-score", "--batch-size"):
+        with pytest.raises(ValueError, match=f"{option} needs a segmentation model"):
+            cli_patches.build_options(
+                _parse(["patches", "build", "x", "--out", "x.npz", option, "1"])
+            )

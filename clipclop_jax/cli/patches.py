@@ -69,14 +69,16 @@ def add_patches_parser(subparsers) -> argparse.ArgumentParser:
     seg.add_argument(
         "--min-score",
         type=float,
-        default=0.5,
-        help="with model:...: objects the model is less sure of (0-1) are dropped",
+        default=None,
+        help="with model:...: objects the model is less sure of (0-1) are dropped; 0.5 if "
+        "not given",
     )
     seg.add_argument(
         "--batch-size",
         type=int,
-        default=8,
-        help="with model:...: images per forward pass (on the GPU when there is one)",
+        default=None,
+        help="with model:...: images per forward pass (on the GPU when there is one); 8 if "
+        "not given",
     )
     seg.add_argument(
         "--model",
@@ -204,9 +206,15 @@ def build_options(args: argparse.Namespace) -> dict:
             f"--segmentation {segmentation!r} is unknown: use one of {', '.join(SEGMENTATIONS)} "
             "or model:NAME_OR_PATH."
         )
-    if not hub_model and (args.classes is not None):
+    model_only = {
+        "--classes": args.classes,
+        "--min-score": args.min_score,
+        "--batch-size": args.batch_size,
+    }
+    given = [option for option, value in model_only.items() if value is not None]
+    if given and not hub_model:
         raise PatchesCommandError(
-            "--classes needs a segmentation model: add --segmentation model:NAME_OR_PATH."
+            f"{given[0]} needs a segmentation model: add --segmentation model:NAME_OR_PATH."
         )
     if args.model is not None:
         if hub_model:
@@ -218,9 +226,9 @@ def build_options(args: argparse.Namespace) -> dict:
     elif hub_model:
         seg_options = {
             "classes": args.classes.split(",") if args.classes is not None else None,
-            "min_score": args.min_score,
+            "min_score": 0.5 if args.min_score is None else args.min_score,
             "threshold": args.model_threshold,
-            "batch_size": args.batch_size,
+            "batch_size": 8 if args.batch_size is None else args.batch_size,
         }
     else:
         seg_options = {}

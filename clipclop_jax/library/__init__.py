@@ -13,5 +13,6 @@ library ``.npz`` (filters and selection in ``curation``, with a ``contact_sheet`
 ``builtins`` draws the bundled libraries.
 
 A new way to cut patches is a new ``*_masks`` function in ``segment`` named in
-``segment.SEGMENTATIONS`` (a model family: ``segment_models``); a new source of images is a new opener in ``sources``.
+``segment.SEGMENTATIONS`` (a model family: ``segment_models``); a new source of images is a
+new opener in ``sources``.
 """

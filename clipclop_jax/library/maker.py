@@ -317,9 +317,13 @@ def _cut(image, rgba, masks, feather: float, empty: str):
     ([(name, cut-out, label, score)], why there is none)."""
     found = []
     for index, region in enumerate(masks):
-        if not isinstance(region, Region):  # a plain mask keeps what the source said
+        if isinstance(region, Region):
+            mask = np.asarray(region.mask)
+            if image.has_alpha:  # a model sees colour only; what the file hides stays hidden
+                mask = np.minimum(mask, rgba[..., 3])
+        else:  # a plain mask keeps what the source said of the image
             region = Region(region, image.label, image.score)
-        mask = np.asarray(region.mask)
+            mask = np.asarray(region.mask)
         visible = mask > ALPHA_EMPTY
         if not visible.any():
             continue

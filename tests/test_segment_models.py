@@ -529,7 +529,10 @@ def test_a_model_cut_out_keeps_the_transparency_of_the_file(model_dirs, tmp_path
         np.testing.assert_array_equal(data["rgba"][0], square_patch(rgba[5:30, 10:50], SIDE)[0])
 
 
-def test_images_stream_through_in_batches(model_dirs, tmp_path):
+@pytest.mark.parametrize(
+    "count, expected", [(10, [(4, 4), (4, 8), (2, 10)]), (8, [(4, 4), (4, 8)])]
+)
+def test_images_stream_through_in_batches(count, expected, model_dirs, tmp_path):
     segmenter = segment_models.load_hub_segmenter(model_dirs["forced-segformer"], batch_size=4)
     batches, pulled = [], []
     original = segmenter.segment_batch
@@ -542,16 +545,16 @@ def test_images_stream_through_in_batches(model_dirs, tmp_path):
 
     def images():
         rng = np.random.default_rng(1)
-        for i in range(10):
+        for i in range(count):
             pulled.append(i)
             yield f"img{i}", rng.integers(0, 256, (24, 24, 3), np.uint8)
 
     report = patch_maker.build_library(
         images(), tmp_path / "s.npz", segmentation=segmenter, side=SIDE, dedupe_threshold=0.0
     )
-    assert report.count == 10
+    assert report.count == count
     # Each batch is segmented as soon as it is full: never more than 4 images held.
-    assert batches == [(4, 4), (4, 8), (2, 10)]
+    assert batches == expected
 
 
 def test_old_libraries_still_load_and_recuration_keeps_labels(model_dirs, photos, tmp_path):

@@ -282,9 +282,9 @@ def _segmented(stream, segmenter, max_source_side: int):
 
     def flush():
         ready = [i for i, (_, rgba, _) in enumerate(waiting) if rgba is not None]
-        if hasattr(segmenter, "segment_batch"):
+        if ready and hasattr(segmenter, "segment_batch"):
             results = segmenter.segment_batch([waiting[i][1] for i in ready])
-        else:
+        else:  # one image at a time (``segment.Segmenter``); none when nothing is ready
             results = []
             for i in ready:
                 image, rgba, _ = waiting[i]
@@ -294,7 +294,7 @@ def _segmented(stream, segmenter, max_source_side: int):
                     results.append(error)
         outcome = dict(zip(ready, results, strict=True))
         for i, (image, rgba, scale) in enumerate(waiting):
-            if image.rgba is None:
+            if rgba is None:
                 yield image, None, image.error or "unreadable", scale
             elif isinstance(outcome[i], Exception):
                 yield image, rgba, f"segmentation failed ({outcome[i]})", scale
@@ -306,7 +306,9 @@ def _segmented(stream, segmenter, max_source_side: int):
         if image.rgba is None:
             waiting.append((image, None, 1.0))
         else:
-            waiting.append((image, *_downscaled(image.rgba, max_source_side)))
+            rgba, scale = _downscaled(image.rgba, max_source_side)
+            # Only the downscaled copy waits for the batch: a full-size photo is let go now.
+            waiting.append((image._replace(rgba=rgba), rgba, scale))
             if sum(rgba is not None for _, rgba, _ in waiting) >= batch_size:
                 yield from flush()
     yield from flush()

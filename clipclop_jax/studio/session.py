@@ -20,6 +20,7 @@ import dataclasses
 import json
 import os
 import time
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -29,11 +30,12 @@ import numpy as np
 from clipclop_jax import io
 from clipclop_jax.collage.params import Collage, CollageParams, take
 from clipclop_jax.collage.render import render_population, sample_bilinear
-from clipclop_jax.collage.transforms import sampling_matrix, texel_size
+from clipclop_jax.collage.transforms import patch_corners
 from clipclop_jax.guidance.prompts import parse_prompts
 from clipclop_jax.runs import checkpoint, run_folder
 from clipclop_jax.runs.chunks import ProgressFn, run_chunks
 from clipclop_jax.runs.generate import open_run, place_run, start_run
+from clipclop_jax.runs.interrupt import RunInterrupted
 from clipclop_jax.runs.outputs import GenerateResult, write_image, write_params
 from clipclop_jax.runs.reblend import blend_run
 from clipclop_jax.runs.resources import Resources, model_fingerprint
@@ -219,9 +221,16 @@ class Session:
 
     # -- stepping ----------------------------------------------------------------------
 
-    def advance(self, steps: int, progress_fn: ProgressFn | None = None) -> dict[str, Any]:
+    def advance(
+        self,
+        steps: int,
+        progress_fn: ProgressFn | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> dict[str, Any]:
         """Runs ``steps`` more steps in the run's compiled chunks (chunks end at multiples of
         ``chunk_steps`` or here); past ``total_steps`` the run grows to the new step.
+        ``progress_fn(step, metrics)`` after each chunk; ``should_stop()`` before each (True
+        stops early).
 
         Returns:
           ``{"step", "best_loss", "mean_loss", "losses" [P], "steps_per_second"}``.
@@ -243,9 +252,11 @@ class Session:
             progress_fn,
             history=self._history,
             after_chunk=self._files.after_chunk,
+            should_stop=should_stop,
             until=until,
         )
         elapsed = time.perf_counter() - start
+        steps = len(history) - len(self._history)
         self._state, self._history = state, history
         losses = np.asarray(state.losses)
         return {
@@ -280,7 +291,7 @@ class Session:
         patches included. From the renderer's own transforms (``sampling_matrix``,
         ``texel_size``)."""
         params = take(self._host_population().params, self._member(member))
-        return _outlines(params, self.config.collage, self._run.guidance.library.rgba.shape[1])
+        return patch_corners(params, self.config.collage, self._run.guidance.library.rgba.shape[1])
 
     def patch_at(self, member: int, x: float, y: float) -> int | None:
         """The topmost visible patch whose cut-out covers canvas point (x, y) (alpha above
@@ -525,11 +536,24 @@ def resume_session(
     model=None,
     progress_fn: ProgressFn | None = None,
     resources: Resources | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> GenerateResult:
     """``clipclop resume`` of a session folder: open it (with its edits and masks), run to
-    its ``total_steps`` and write the end-of-run files."""
+    its ``total_steps`` and write the end-of-run files, as ``runs.generate.resume``.
+
+    Raises:
+      RunInterrupted: ``should_stop`` asked to stop (the state is checkpointed).
+    """
     session = Session.open(out_dir, patches=patches, model=model, resources=resources)
-    session.advance(max(0, session.total_steps - session.step), progress_fn)
+    session.advance(max(0, session.total_steps - session.step), progress_fn, should_stop)
+    if session.step < session.total_steps:
+        session.close()
+        raise RunInterrupted(
+            session.step,
+            session.total_steps,
+            out_dir=session.out_dir,
+            checkpoint=checkpoint.latest_checkpoint(session.out_dir),
+        )
     result = session.export()
     session.close()
     return result
@@ -577,31 +601,16 @@ def _prompt_guidance(guidance, prompt: str, resources: Resources):
     return guidance._replace(text_embeddings=embeddings, prompt_weights=jnp.asarray(weights))
 
 
-def _outlines(params: CollageParams, config, side: int) -> np.ndarray:
-    """[N, 4, 2] canvas corners of each patch's square: the inverse of the renderer's
-    canvas-to-texel map ``texel = M / k @ (p - centre) + L / 2``."""
-    height, width = config.canvas_shape
-    matrix = np.asarray(
-        sampling_matrix(params.rotation, params.scale, params.squeeze, params.shear), np.float64
-    ) / texel_size(config, side)
-    centre = (np.asarray(params.translation, np.float64) + 1.0) * 0.5 * np.array([width, height])
-    half = side / 2.0
-    corners = np.array([[-half, -half], [half, -half], [half, half], [-half, half]])  # (u, v)
-    offsets = np.einsum("nij,cj->nci", np.linalg.inv(matrix), corners)
-    return centre[:, None, :] + offsets
-
-
 def _alpha_at(collage: Collage, rgba, config, x: float, y: float) -> np.ndarray:
-    """[N] each patch's alpha at canvas point (x, y), sampled as the renderer samples."""
-    params = collage.params
-    height, width = config.canvas_shape
+    """[N] each patch's alpha at canvas point (x, y), sampled as the renderer samples (its
+    texel map inverted from ``patch_corners``, so nothing here compiles but the sampler)."""
     side = rgba.shape[1]
-    matrix = np.asarray(
-        sampling_matrix(params.rotation, params.scale, params.squeeze, params.shear), np.float64
-    ) / texel_size(config, side)
-    centre = (np.asarray(params.translation, np.float64) + 1.0) * 0.5 * np.array([width, height])
-    offset = np.array([x, y]) - centre  # [N, 2]
-    texel = np.einsum("nij,nj->ni", matrix, offset) + side / 2.0
+    corners = patch_corners(collage.params, config, side)  # TL, TR, BR, BL at (u, v) corners
+    # The affine map canvas -> texel from three corners: u along TL->TR, v along TL->BL.
+    across, down = corners[:, 1] - corners[:, 0], corners[:, 3] - corners[:, 0]
+    basis = np.stack([across, down], -1) / side  # [N, 2, 2] texel -> canvas offset
+    offset = np.array([x, y]) - corners[:, 0]
+    texel = np.linalg.solve(basis, offset[..., None])[..., 0]  # (u, v) from the corner
     u = jnp.asarray(texel[:, 0:1], jnp.float32)
     v = jnp.asarray(texel[:, 1:2], jnp.float32)
     alpha = sample_bilinear(rgba[..., 3:], jnp.asarray(collage.patch_index), v, u)

@@ -44,7 +44,7 @@ CONFIG = GenerateConfig(
     lowres_size=16,
     highres_size=32,
     collage=CollageConfig(canvas_height=32, canvas_width=32, num_patches=6),
-    optim=OptimConfig(steps=16, chunk_steps=4, num_crops=1),
+    optim=OptimConfig(steps=16, chunk_steps=4, num_crops=1, use_augmentations=False),
     evolution=EvolutionConfig(method="microbial", frequency=3, patch_mutation_probability=1.0),
 )
 
@@ -350,7 +350,9 @@ def test_frozen_and_hidden_hold_in_both_batchings(batching):
     from clipclop_jax.guidance.objective import Guidance
 
     collage = CollageConfig(canvas_height=16, canvas_width=16, num_patches=4)
-    optim = OptimConfig(steps=8, chunk_steps=8, num_crops=1, batching=batching)
+    optim = OptimConfig(
+        steps=8, chunk_steps=8, num_crops=1, batching=batching, use_augmentations=False
+    )
     evolution = EvolutionConfig(method="es", frequency=1, patch_mutation_probability=1.0)
     library = opaque_library(8)._replace(rgba=jnp.ones((3, 8, 8, 4), jnp.float32))
     library = library._replace(sizes=jnp.full((3, 2), 8, jnp.int32))

@@ -226,7 +226,8 @@ KEEP_SAVING = textwrap.dedent(
     from clipclop_jax.search.optimise import RunState
 
     big = np.random.default_rng(0).random(1_000_000, np.float32)
-    state = RunState(np.zeros(3), big, jax.random.key(0), np.int32(0), np.zeros(2), 0, 0.0)
+    state = RunState(np.zeros(3), big, jax.random.key(0), np.int32(0), np.zeros(2), 0, 0.0,
+                     False, False)
     with StopOnSignal():
         for step in range(1, 100000):
             save_checkpoint(sys.argv[1], state._replace(step=np.int32(step)), np.zeros((0, 2)),

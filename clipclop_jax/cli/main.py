@@ -135,6 +135,10 @@ def run_blend(args: argparse.Namespace) -> int:
 def run_resume(args: argparse.Namespace) -> int:
     from clipclop_jax.runs.checkpoint import latest_checkpoint, read_meta
     from clipclop_jax.runs.generate import resume
+    from clipclop_jax.studio.session import is_session, resume_session
+
+    if is_session(args.dir):  # a studio session's folder: continue it with its edits
+        resume = resume_session
 
     total, initial = None, 0
     path = latest_checkpoint(args.dir)

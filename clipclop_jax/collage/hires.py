@@ -45,7 +45,9 @@ def render_high_res(
     """
     # Only the patches this collage shows go to the device, not a whole large library.
     index = np.asarray(collage.patch_index)
-    used, slot_index = np.unique(index, return_inverse=True)
+    used, slot_index = np.unique(np.maximum(index, 0), return_inverse=True)
+    # An empty slot (index -1, a hidden patch) stays empty.
+    slot_index = np.where(index.reshape(-1) < 0, -1, slot_index.reshape(-1))
     library = PatchLibrary(np.asarray(library.rgba)[used], np.asarray(library.sizes)[used])
     collage = collage._replace(patch_index=jnp.asarray(slot_index.reshape(index.shape), jnp.int32))
     config = config.resized(height, width)

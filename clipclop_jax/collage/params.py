@@ -68,6 +68,12 @@ def _bounds(config: CollageConfig) -> CollageParams:
     )
 
 
+def bounds(config: CollageConfig) -> CollageParams:
+    """(low, high) bounds of every field, as a CollageParams of pairs (scalars, or triples
+    for ``colour``)."""
+    return _bounds(config)
+
+
 def clamp(params: CollageParams, config: CollageConfig) -> CollageParams:
     """Projects every field onto its valid range (as the original does after each step)."""
 

@@ -214,7 +214,7 @@ def sample_bilinear(textures: jax.Array, index: jax.Array, v: jax.Array, u: jax.
 
     Args:
       textures: [P, L, L, C] float32 in [0, 1] or uint8 in [0, 255].
-      index: [N] int32 texture of each sample set.
+      index: [N] int32 texture of each sample set; negative: none (zero everywhere).
       v, u: [N, ...] row and column coordinates; texel (r, c) has its centre at (r + .5, c + .5).
 
     Returns:
@@ -240,6 +240,10 @@ def sample_bilinear(textures: jax.Array, index: jax.Array, v: jax.Array, u: jax.
     rows1 = jnp.clip(y0 + 1, 0, side - 1).astype(jnp.int32) * side
     cols0 = jnp.clip(x0, 0, side - 1).astype(jnp.int32)
     cols1 = jnp.clip(x0 + 1, 0, side - 1).astype(jnp.int32)
+    # A negative index is an empty slot (a hidden patch): every corner weighs zero.
+    present = (index >= 0).reshape(index.shape + (1,) * v.ndim)
+    ry0, ry1 = jnp.where(present, ry0, 0.0), jnp.where(present, ry1, 0.0)
+    index = jnp.maximum(index, 0)
     base = (index * side * side).reshape(index.shape + (1,) * (v.ndim - 1))
     t00, t01 = _as_float(flat[base + rows0 + cols0]), _as_float(flat[base + rows0 + cols1])
     t10, t11 = _as_float(flat[base + rows1 + cols0]), _as_float(flat[base + rows1 + cols1])

@@ -41,6 +41,40 @@ def sampling_matrix(
     return shape_matrix @ rot
 
 
+def patch_corners(params, config: CollageConfig, library_side: int) -> np.ndarray:
+    """[N, 4, 2] float64 canvas corners (x, y) in pixels of each patch's library square:
+    the inverse of the renderer's map ``texel = M / k @ (p - centre) + L / 2``.
+
+    Corners in the order top-left, top-right, bottom-right, bottom-left of the square's own
+    frame. The drawn cut-out lies inside (its alpha reaches 1/2 at the square's edge for
+    an opaque texel there, and is 0 half a texel beyond).
+
+    Args:
+      params: one collage's ``CollageParams`` (numpy or jax arrays).
+      config: canvas size and ``patch_max_proportion``.
+      library_side: ``L`` of the library the collage is drawn from (the result does not
+        depend on it: ``k L`` is fixed).
+    """
+    height, width = config.canvas_shape
+    rotation, scale, squeeze, shear = (
+        np.asarray(v, np.float64)
+        for v in (params.rotation, params.scale, params.squeeze, params.shear)
+    )
+    cos, sin = np.cos(rotation), np.sin(rotation)
+    shape_matrix = np.stack(
+        [np.stack([scale, shear], -1), np.stack([np.zeros_like(scale), scale * squeeze], -1)], -2
+    )
+    rot = np.stack([np.stack([cos, -sin], -1), np.stack([sin, cos], -1)], -2)
+    # The same matrix as ``sampling_matrix``, in float64 numpy so that hit-testing compiles
+    # nothing.
+    matrix = shape_matrix @ rot / texel_size(config, library_side)
+    centre = (np.asarray(params.translation, np.float64) + 1.0) * 0.5 * np.array([width, height])
+    half = library_side / 2.0
+    corners = np.array([[-half, -half], [half, -half], [half, half], [-half, half]])  # (u, v)
+    offsets = np.einsum("nij,cj->nci", np.linalg.inv(matrix), corners)
+    return centre[:, None, :] + offsets
+
+
 def max_patch_radius(config: CollageConfig, library_side: int) -> float:
     """Largest canvas distance (pixels) from a patch centre to any pixel it can touch.
 

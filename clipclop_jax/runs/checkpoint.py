@@ -31,7 +31,7 @@ import numpy as np
 
 from clipclop_jax import io, safe_npy
 from clipclop_jax.runs.run_folder import CHECKPOINT_DIR
-from clipclop_jax.search.optimise import RunState
+from clipclop_jax.search.optimise import OPTIONAL_LEAVES, RunState
 from clipclop_jax.version import __version__
 
 FORMAT = 1
@@ -75,9 +75,11 @@ def save_checkpoint(
     library_fingerprint: str,
     model_fingerprint: str,
     keep: int = 2,
+    extra_meta: dict[str, Any] | None = None,
 ) -> str:
     """Writes ``state`` and ``history`` as the checkpoint of ``state.step``; keeps the newest
-    ``keep`` checkpoints. Returns the file's path."""
+    ``keep`` checkpoints. ``extra_meta`` joins the meta record (JSON values). Returns the
+    file's path."""
     key_impl = str(jax.random.key_impl(state.key))
     host = jax.device_get(state._replace(key=jax.random.key_data(state.key)))
     flat, _ = jax.tree_util.tree_flatten_with_path(host)
@@ -91,6 +93,7 @@ def save_checkpoint(
         "model_fingerprint": model_fingerprint,
         "key_impl": key_impl,
         "paths": [jax.tree_util.keystr(path) for path, _ in flat],
+        **(extra_meta or {}),
     }
     arrays = {f"leaf_{i:04d}": np.asarray(leaf) for i, (_, leaf) in enumerate(flat)}
     path = checkpoint_path(out_dir, step)
@@ -199,31 +202,47 @@ def load_latest(out_dir: str | os.PathLike) -> Checkpoint:
     )
 
 
-def restore_state(checkpoint: Checkpoint, template: RunState) -> RunState:
+def restore_state(
+    checkpoint: Checkpoint, template: RunState, optional: tuple[str, ...] = OPTIONAL_LEAVES
+) -> RunState:
     """The checkpoint's run state (host arrays, typed key), checked against ``template``.
+
+    Leaves are matched by tree path. A leaf of the template that an older checkpoint lacks
+    is restored as zeros (all False) if its path is in ``optional``: a field added to the run
+    state later (``optimise.OPTIONAL_LEAVES``), whose zero is what the older run had.
 
     Args:
       checkpoint: from ``load_checkpoint``.
       template: a run state or its ``jax.eval_shape`` for the same config.
+      optional: paths (``jax.tree_util.keystr``) that may be missing.
 
     Raises:
       ValueError: the leaves do not match the template's paths, shapes or dtypes.
     """
     flat, treedef = jax.tree_util.tree_flatten_with_path(template)
-    if len(flat) != len(checkpoint.leaves):
+    saved = dict(zip(checkpoint.meta.get("paths", []), checkpoint.leaves, strict=False))
+    wanted = [jax.tree_util.keystr(path) for path, _ in flat]
+    missing = [p for p in wanted if p not in saved and p not in optional]
+    if missing or len(saved) != len(checkpoint.leaves) or set(saved) - set(wanted):
         raise ValueError(
             f"{checkpoint.path} holds {len(checkpoint.leaves)} arrays but this config's run "
             f"state has {len(flat)}: it was written by another version of clipclop-jax."
         )
-    for (path, want), got in zip(flat, checkpoint.leaves, strict=True):
+    leaves = []
+    for (_, want), name in zip(flat, wanted, strict=True):
+        got = saved.get(name)
+        if got is None:
+            leaves.append(np.zeros(want.shape, want.dtype))
+            continue
+        leaves.append(got)
         if jax.dtypes.issubdtype(want.dtype, jax.dtypes.prng_key):
             continue  # raw key data; checked when wrapped below
         if got.shape != want.shape or got.dtype != want.dtype:
             raise ValueError(
-                f"{checkpoint.path}: {jax.tree_util.keystr(path)} is {got.dtype}{list(got.shape)} "
+                f"{checkpoint.path}: {name} is {got.dtype}{list(got.shape)} "
                 f"but this config needs {want.dtype}{list(want.shape)}."
             )
-    state = jax.tree.unflatten(treedef, checkpoint.leaves)
+    state = jax.tree.unflatten(treedef, leaves)
     key = jax.random.wrap_key_data(state.key, impl=checkpoint.meta["key_impl"])
     if key.shape != template.key.shape:
         raise ValueError(f"{checkpoint.path}: the run key has shape {key.shape}.")
@@ -265,6 +284,13 @@ def model_fingerprint(params: Any) -> str:
         values = np.asarray(flat[i][1]).reshape(-1)
         digest.update(np.ascontiguousarray(values[:: max(1, values.size // 65536)]).tobytes())
     return digest.hexdigest()[:32]
+
+
+def extra_meta(checkpoint: Checkpoint) -> dict[str, Any]:
+    """The entries of a checkpoint's meta record that ``save_checkpoint`` was given as
+    ``extra_meta`` (so that a rewrite keeps them)."""
+    own = {"format", "version", "step", "config", "library_fingerprint", "model_fingerprint"}
+    return {k: v for k, v in checkpoint.meta.items() if k not in own | {"key_impl", "paths"}}
 
 
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:

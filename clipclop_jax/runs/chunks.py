@@ -58,27 +58,32 @@ def run_chunks(
     history: np.ndarray | None = None,
     after_chunk: Callable[[RunState, int, list[np.ndarray]], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    until: int | None = None,
 ) -> tuple[RunState, np.ndarray]:
-    """Drives the compiled chunks from ``state.step`` until ``optim.steps``; metrics reach the
-    host per chunk.
+    """Drives the compiled chunks from ``state.step`` until ``optim.steps`` (or ``until``);
+    metrics reach the host per chunk.
 
-    Chunks start at multiples of ``optim.chunk_steps``, so a resumed run runs the same chunks.
+    Chunks end at multiples of ``optim.chunk_steps`` (or at ``until``), so a resumed run
+    runs the same chunks, and a run stepped by hand (a studio session) the same ones as far
+    as its stops allow; the stops change no result (steps are keyed by their index).
 
     Args:
       history: [state.step, P] losses of the steps already done (resuming), if any.
       after_chunk: host hook after each chunk, ``after_chunk(state, step, rows)`` with the
         history so far as a list of [n, P] rows (checkpoints, frames).
       should_stop: checked before each chunk; True ends the loop early.
+      until: the step to stop at (default ``optim.steps``; may be past it).
 
     Returns:
       The state and the [steps done, P] history.
     """
     rows = [] if history is None else [np.asarray(history, np.float32)]
     done = int(state.step)
-    while done < optim.steps:
+    until = optim.steps if until is None else until
+    while done < until:
         if should_stop is not None and should_stop():
             break
-        count = min(optim.chunk_steps, optim.steps - done)
+        count = min(optim.chunk_steps - done % optim.chunk_steps, until - done)
         start = time.perf_counter()
         state, losses = chunk(state, guidance, jnp.asarray(count, jnp.int32))
         losses = np.asarray(losses)[:count]

@@ -89,26 +89,44 @@ def generate(
     """
     if config.tiles is not None:
         raise ValueError("config.tiles is set: make tiled collages with tiled.generate_tiled.")
-    config = with_absolute_paths(config)
-    preflight.check_run(config)
     out_dir = None if out_dir is None else os.fspath(out_dir)
     with run_folder.removed_if_left_empty(out_dir):
-        if out_dir is not None:
-            video.check_video_support(gif=config.output.gif, mp4=config.output.mp4)
-            run_folder.prepare_output_folder(
-                out_dir, overwrite=overwrite, needed_bytes=estimate_output_bytes(config)
-            )
-        resources = resources or load_resources(config)
-        run = prepare_run(config, resources, canvas_background)
-        if out_dir is not None:
-            # Only now: a typo in the patches or background leaves the folder empty for a retry.
-            config_path = os.path.join(out_dir, run_folder.CONFIG_FILE)
-            io.atomic_write_bytes(config_path, config_json(config))
-        population = initial_population(
-            run.population_key, config, resources.perceptor, run.guidance
+        config, resources, run, state = start_run(
+            config, out_dir, resources, overwrite, canvas_background
         )
-        state = init_state(run.run_key, population, make_optimizer(config.optim))
         return drive_run(config, resources, run, state, None, out_dir, progress_fn, should_stop)
+
+
+def start_run(
+    config: GenerateConfig,
+    out_dir: str | None,
+    resources: Resources | None = None,
+    overwrite: bool = False,
+    canvas_background: jax.typing.ArrayLike | None = None,
+) -> tuple[GenerateConfig, Resources, RunSetup, RunState]:
+    """A new run up to its first step (``generate`` and a studio session share it): the
+    checks before loading, the folder, the model and patches, the guidance, ``config.json``
+    and the starting population. Call it inside ``run_folder.removed_if_left_empty``.
+
+    Returns:
+      The config (paths made absolute), resources, setup and fresh run state.
+    """
+    config = with_absolute_paths(config)
+    preflight.check_run(config)
+    if out_dir is not None:
+        video.check_video_support(gif=config.output.gif, mp4=config.output.mp4)
+        run_folder.prepare_output_folder(
+            out_dir, overwrite=overwrite, needed_bytes=estimate_output_bytes(config)
+        )
+    resources = resources or load_resources(config)
+    run = prepare_run(config, resources, canvas_background)
+    if out_dir is not None:
+        # Only now: a typo in the patches or background leaves the folder empty for a retry.
+        config_path = os.path.join(out_dir, run_folder.CONFIG_FILE)
+        io.atomic_write_bytes(config_path, config_json(config))
+    population = initial_population(run.population_key, config, resources.perceptor, run.guidance)
+    state = init_state(run.run_key, population, make_optimizer(config.optim))
+    return config, resources, run, state
 
 
 def resume(
@@ -143,6 +161,25 @@ def resume(
       RunInterrupted: ``should_stop`` asked to stop again.
     """
     out_dir = os.fspath(out_dir)
+    config, resources, run, state, saved = open_run(
+        out_dir, patches=patches, model=model, resources=resources
+    )
+    return drive_run(
+        config, resources, run, state, saved.history, out_dir, progress_fn, should_stop
+    )
+
+
+def open_run(
+    out_dir: str,
+    *,
+    patches: str | os.PathLike | None = None,
+    model: str | os.PathLike | None = None,
+    resources: Resources | None = None,
+) -> tuple[GenerateConfig, Resources, RunSetup, RunState, checkpoint.Checkpoint]:
+    """A run folder's newest checkpoint, ready to continue (``resume`` and a studio session
+    share it): the checks, the model and patches (relinked if moved), the guidance, the
+    restored state and the checkpoint it came from (its loss history, its meta record).
+    Raises as ``resume``."""
     saved = checkpoint.load_latest(out_dir)
     original = GenerateConfig.from_dict(saved.config)
     config = relinked(original, patches=patches, model=model)
@@ -178,10 +215,9 @@ def resume(
             library_fingerprint=saved.meta["library_fingerprint"],
             model_fingerprint=saved.meta["model_fingerprint"],
             keep=config.output.keep_checkpoints,
+            extra_meta=checkpoint.extra_meta(saved),
         )
-    return drive_run(
-        config, resources, run, state, saved.history, out_dir, progress_fn, should_stop
-    )
+    return config, resources, run, state, saved
 
 
 def drive_run(
@@ -196,6 +232,29 @@ def drive_run(
 ) -> GenerateResult:
     """Places the run state on the run's mesh, drives it to ``optim.steps`` and writes the
     run's files."""
+    run, state, files, chunk = place_run(config, resources, run, state, out_dir)
+    state, history = run_chunks(
+        chunk,
+        state,
+        run.guidance,
+        config.optim,
+        progress_fn,
+        history=history,
+        after_chunk=None if files is None else files.after_chunk,
+        should_stop=should_stop,
+    )
+    return finish_run(config, resources, run, state, history, files, out_dir)
+
+
+def place_run(
+    config: GenerateConfig,
+    resources: Resources,
+    run: RunSetup,
+    state: RunState,
+    out_dir: str | None,
+) -> tuple[RunSetup, RunState, RunFiles | None, Callable]:
+    """The run on its mesh, its file writer (None without a folder) and its compiled chunk
+    (shared with every run of the same shapes: ``compiled_chunk``)."""
     state, guidance = sharding.place(state, run.guidance, run.mesh)
     run = run._replace(guidance=guidance)
     files = None if out_dir is None else RunFiles(out_dir, config, resources, run, state)
@@ -208,16 +267,20 @@ def drive_run(
         resources.library.num_patches,
         config.regions,
     )
-    state, history = run_chunks(
-        chunk,
-        state,
-        run.guidance,
-        config.optim,
-        progress_fn,
-        history=history,
-        after_chunk=None if files is None else files.after_chunk,
-        should_stop=should_stop,
-    )
+    return run, state, files, chunk
+
+
+def finish_run(
+    config: GenerateConfig,
+    resources: Resources,
+    run: RunSetup,
+    state: RunState,
+    history: np.ndarray,
+    files: RunFiles | None,
+    out_dir: str | None,
+) -> GenerateResult:
+    """The end of a run: its best collage written (or returned); ``RunInterrupted`` if it
+    stopped before ``optim.steps``."""
     if config.optim.steps == 0 and not bool(jnp.isfinite(state.best_loss)):
         state = score_unstepped(config, resources.perceptor, run.guidance, state)
     step = int(state.step)

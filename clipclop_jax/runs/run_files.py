@@ -35,6 +35,8 @@ class RunFiles:
         self.saved_step = self.previous if checkpoint.latest_checkpoint(out_dir) else -1
         output = config.output
         self.frames = output.gif or output.mp4
+        # More for every checkpoint's meta record (a studio session's count of edits done).
+        self.extra_meta: dict = {}
 
     def after_chunk(self, state: RunState, step: int, rows: list[np.ndarray]) -> None:
         output, previous = self.config.output, self.previous
@@ -67,6 +69,7 @@ class RunFiles:
                 library_fingerprint=self.resources.library.fingerprint,
                 model_fingerprint=model_fingerprint(self.resources.perceptor),
                 keep=self.config.output.keep_checkpoints,
+                extra_meta=self.extra_meta,
             )
             self.saved_step = step
         best, loss = best_collage(state), float(state.best_loss)

@@ -33,12 +33,15 @@ CHECKPOINT_DIR = "checkpoints"
 FRAME_DIR = "frames"
 GIF_FILE = "evolution.gif"
 MP4_FILE = "evolution.mp4"
+EDITS_FILE = "edits.jsonl"  # a studio session's edit log (clipclop_jax.studio)
 TILE_DIR = "tiles"  # a tiled run's folder holds one run folder per tile, tiles/rRcC
 
 # The names a run writes, by folder (docs/runs.md); --overwrite removes these and nothing
 # else. ``collage-MODE.png`` is what ``reblend.blend_run`` adds.
 _BLENDS = "|".join(m for m in BLEND_MODES if m != "none")
-_RUN_FILES = rf"config\.json|collage(?:-(?:{_BLENDS}))?\.png|params\.npz|evolution\.(?:gif|mp4)"
+_RUN_FILES = (
+    rf"config\.json|edits\.jsonl|collage(?:-(?:{_BLENDS}))?\.png|params\.npz|evolution\.(?:gif|mp4)"
+)
 # Any step-N file there is ours: list_checkpoints and video.list_frames read them all.
 _STEP_FILES = {CHECKPOINT_DIR: r"step-\d+\.npz", FRAME_DIR: r"step-\d+\.png"}
 _TILE_FOLDER = re.compile(r"r\d+c\d+")

@@ -29,6 +29,14 @@ class RunState(NamedTuple):
       losses: [P] each collage's loss at its latest evaluation (+inf before the first).
       best: the best collage seen so far (no population axis).
       best_loss: float32 scalar, its loss.
+      frozen: [P, N] bool, slots the artist froze (``clipclop_jax.studio``): their
+        parameters and patch index never change, neither by a step nor by evolution.
+      hidden: [P, N] bool, slots the artist hid: they draw nothing (the loss sees
+        ``visible(population, hidden)``) and evolution never changes their patch index.
+
+    The masks live here rather than in the session so that they are checkpointed (a resumed
+    run keeps them) and enter the compiled chunk as data: changing them never recompiles. A
+    fresh run has them all False, which leaves every step's arithmetic as without them.
     """
 
     population: Collage
@@ -38,6 +46,31 @@ class RunState(NamedTuple):
     losses: jax.Array
     best: Collage
     best_loss: jax.Array
+    frozen: jax.Array
+    hidden: jax.Array
+
+
+# Leaves newer than the first checkpoint format: a checkpoint without them restores them as
+# zeros (all False), which is what the run that wrote it had (``checkpoint.restore_state``).
+OPTIONAL_LEAVES = (".frozen", ".hidden")
+
+
+def visible(population: Collage, hidden: jax.Array) -> Collage:
+    """The population as drawn: hidden slots get patch index -1, which draws nothing
+    (``render.sample_bilinear``)."""
+    index = jnp.where(hidden, jnp.asarray(-1, population.patch_index.dtype), population.patch_index)
+    return population._replace(patch_index=index)
+
+
+def keep_slots(mask: jax.Array, old, new):
+    """Per-slot select between two collage pytrees of the same shape: ``old`` where ``mask``
+    ([..., N] bool, the leaves' leading axes) is True."""
+
+    def select(a, b):
+        m = jnp.reshape(mask, mask.shape + (1,) * (a.ndim - mask.ndim))
+        return jnp.where(m, a, b)
+
+    return jax.tree.map(select, old, new)
 
 
 def make_optimizer(optim: OptimConfig) -> optax.GradientTransformation:
@@ -65,6 +98,7 @@ def make_optimizer(optim: OptimConfig) -> optax.GradientTransformation:
 def init_state(key: jax.Array, population: Collage, optimizer) -> RunState:
     """A fresh run state for ``population`` ([P] collages)."""
     size = population_size(population)
+    shape = population.patch_index.shape
     return RunState(
         population=population,
         opt_state=jax.vmap(optimizer.init)(population.params),
@@ -73,6 +107,9 @@ def init_state(key: jax.Array, population: Collage, optimizer) -> RunState:
         losses=jnp.full((size,), jnp.inf, jnp.float32),
         best=take(population, 0),
         best_loss=jnp.asarray(jnp.inf, jnp.float32),
+        # Two arrays, not one: the chunk donates the state, and a buffer cannot go twice.
+        frozen=jnp.zeros(shape, bool),
+        hidden=jnp.zeros(shape, bool),
     )
 
 
@@ -100,21 +137,31 @@ def make_step(
     value_and_grad = jax.value_and_grad(collage_loss, has_aux=True)
     optimizer = make_optimizer(optim)
 
-    def update_one(params, patch_index, key, opt_state, guidance):
+    def update_one(params, patch_index, frozen, key, opt_state, guidance):
         (loss, _), grads = value_and_grad(params, patch_index, key, guidance)
+        # A frozen slot neither takes a share of the clipped gradient norm nor moves: its
+        # gradient is zeroed, and its parameters are put back after the update and clamp
+        # (Adam's momentum would move it even with a zero gradient). All False: unchanged.
+        grads = keep_slots(frozen, jax.tree.map(jnp.zeros_like, grads), grads)
         updates, opt_state = optimizer.update(grads, opt_state, params)
-        return loss, clamp(optax.apply_updates(params, updates), config), opt_state
+        new = clamp(optax.apply_updates(params, updates), config)
+        return loss, keep_slots(frozen, params, new), opt_state
 
     if per_collage(optim):
         update_all = one_collage_at_a_time(update_one, mesh)
     else:
-        update_all = jax.vmap(update_one, in_axes=(0, 0, 0, 0, None))
+        update_all = jax.vmap(update_one, in_axes=(0, 0, 0, 0, 0, None))
 
     def step(state: RunState, guidance: Guidance) -> tuple[RunState, jax.Array]:
-        population = state.population
+        population = visible(state.population, state.hidden)
         keys = individual_keys(state.key, state.step, population_size(population))
         losses, params, opt_state = update_all(
-            population.params, population.patch_index, keys, state.opt_state, guidance
+            population.params,
+            population.patch_index,
+            state.frozen,
+            keys,
+            state.opt_state,
+            guidance,
         )
         # The losses score the parameters before this update: those are the ones to keep.
         fitness = jnp.where(jnp.isnan(losses), jnp.inf, losses)
@@ -123,8 +170,8 @@ def make_step(
         best = jax.tree.map(
             lambda new, old: jnp.where(improved, new, old), take(population, leader), state.best
         )
-        new_state = RunState(
-            population=population._replace(params=params),
+        new_state = state._replace(
+            population=state.population._replace(params=params),
             opt_state=opt_state,
             key=state.key,
             step=state.step + 1,
@@ -145,8 +192,8 @@ def per_collage(optim: OptimConfig) -> bool:
 
 
 def one_collage_at_a_time(update_one, mesh: Mesh | None):
-    """``update_one`` over the leading [P] axis of its first four arguments, one collage
-    after another on each device (the fifth, the guidance, is shared).
+    """``update_one`` over the leading [P] axis of all its arguments but the last, one
+    collage after another on each device (the last, the guidance, is shared).
 
     Why not ``vmap``: XLA compiles a batch of 8 collages differently from a batch of 1 (other
     matrix-product kernels, other fusions), so the last bits of a collage's gradient would
@@ -155,8 +202,8 @@ def one_collage_at_a_time(update_one, mesh: Mesh | None):
     is also compiled with ``xla_options``' device-count-invariant options (docs/devices.md).
     """
 
-    def loop(params, patch_index, keys, opt_state, guidance):
-        inputs = (params, patch_index, keys, opt_state)
+    def loop(*arguments):
+        inputs, guidance = arguments[:-1], arguments[-1]
         size = jax.tree.leaves(inputs)[0].shape[0]
         first = jax.tree.map(lambda x: x[0], inputs)
         shapes = jax.eval_shape(lambda one: update_one(*one, guidance), first)
@@ -179,12 +226,12 @@ def one_collage_at_a_time(update_one, mesh: Mesh | None):
         return loop
     split = PartitionSpec(mesh.axis_names[0])
 
-    # Every leaf of the population, keys and optimiser state has the [P] axis
+    # Every leaf of the population, masks, keys and optimiser state has the [P] axis
     # (``init_state`` vmaps the optimiser's init); the guidance is on every device.
     return jax.shard_map(
         loop,
         mesh=mesh,
-        in_specs=(split, split, split, split, PartitionSpec()),
+        in_specs=(split,) * 5 + (PartitionSpec(),),
         out_specs=split,
         check_vma=False,
     )
@@ -226,6 +273,11 @@ def make_evolution_step(evolution: EvolutionConfig, config: CollageConfig, libra
                 config,
                 library_size,
             )
+            # The artist's masks hold through generations: a frozen slot keeps its genes and
+            # cut-out, a hidden one its cut-out (so "show" brings back what was hidden).
+            population = keep_slots(state.frozen, state.population, population)
+            index = jnp.where(state.hidden, state.population.patch_index, population.patch_index)
+            population = population._replace(patch_index=index)
             return state._replace(population=population, opt_state=opt_state)
 
         return jax.lax.cond(

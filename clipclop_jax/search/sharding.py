@@ -94,6 +94,8 @@ def shard_run_state(state, mesh: Mesh):
         losses=split,
         best=jax.tree.map(lambda _: whole, state.best),
         best_loss=whole,
+        frozen=split,
+        hidden=split,
     )
     return jax.device_put(state, placement)
 

@@ -297,24 +297,39 @@ class Session:
         """The topmost visible patch whose cut-out covers canvas point (x, y) (alpha above
         one half), or None. "opacity" mode: the highest ``order``; the additive modes have
         no stacking, so the most opaque there, then the highest slot."""
-        member = self._member(member)
         x = edit_ops._number("patch_at", "x", x, -edit_ops.MAX_PIXELS, edit_ops.MAX_PIXELS)
         y = edit_ops._number("patch_at", "y", y, -edit_ops.MAX_PIXELS, edit_ops.MAX_PIXELS)
-        population = self._host_population()
-        collage = take(population, member)
+        top = self._topmost(member, np.array([[x, y]]))[0]
+        return None if top < 0 else int(top)
+
+    def hit_map(self, member: int | None = None) -> np.ndarray:
+        """[H, W] int32: at each canvas pixel (its centre) the slot ``patch_at`` names there,
+        -1 for none. What the page picks patches from under the pointer."""
+        height, width = self.config.collage.canvas_shape
+        rows, cols = np.mgrid[0:height, 0:width]
+        points = np.stack([cols.ravel() + 0.5, rows.ravel() + 0.5], -1)
+        return self._topmost(member, points).reshape(height, width)
+
+    def _topmost(self, member: int | None, points: np.ndarray) -> np.ndarray:
+        """[K] int32 slot on top at each canvas point of ``points`` [K, 2] (x, y), -1 none."""
+        member = self._member(member)
+        collage = take(self._host_population(), member)
         hidden = np.asarray(self._state.hidden)[member]
         library = self._run.guidance.library
-        alpha = _alpha_at(collage, library.rgba, self.config.collage, x, y)
-        covers = (alpha > 0.5) & ~hidden
-        if not covers.any():
-            return None
+        alpha = _alpha_at(collage, library.rgba, self.config.collage, points)  # [N, K]
+        covers = (alpha > 0.5) & ~hidden[:, None]
         if self.config.collage.render_mode == "opacity":
-            rank = np.asarray(collage.params.order, np.float64)
+            order = np.asarray(collage.params.order, np.float64)[:, None]
+            rank = np.broadcast_to(order, alpha.shape)
         else:
             rank = alpha.astype(np.float64)
-        slots = np.flatnonzero(covers)
-        best = slots[rank[slots] == rank[slots].max()]
-        return int(best[-1])
+        slots = np.arange(alpha.shape[0], dtype=np.float64)[:, None]
+        # The highest rank on top; among equal ranks the highest slot (as patch_at always did).
+        rank = np.where(covers, rank, -np.inf)
+        best = rank.max(0)
+        tied = covers & (rank == best)
+        top = np.where(tied, slots, -1.0).max(0)
+        return top.astype(np.int32)
 
     def _host_population(self) -> Collage:
         return jax.device_get(self._state.population)
@@ -601,17 +616,18 @@ def _prompt_guidance(guidance, prompt: str, resources: Resources):
     return guidance._replace(text_embeddings=embeddings, prompt_weights=jnp.asarray(weights))
 
 
-def _alpha_at(collage: Collage, rgba, config, x: float, y: float) -> np.ndarray:
-    """[N] each patch's alpha at canvas point (x, y), sampled as the renderer samples (its
-    texel map inverted from ``patch_corners``, so nothing here compiles but the sampler)."""
+def _alpha_at(collage: Collage, rgba, config, points: np.ndarray) -> np.ndarray:
+    """[N, K] each patch's alpha at the canvas points [K, 2] (x, y), sampled as the renderer
+    samples (its texel map inverted from ``patch_corners``, so nothing here compiles but the
+    sampler)."""
     side = rgba.shape[1]
     corners = patch_corners(collage.params, config, side)  # TL, TR, BR, BL at (u, v) corners
     # The affine map canvas -> texel from three corners: u along TL->TR, v along TL->BL.
     across, down = corners[:, 1] - corners[:, 0], corners[:, 3] - corners[:, 0]
     basis = np.stack([across, down], -1) / side  # [N, 2, 2] texel -> canvas offset
-    offset = np.array([x, y]) - corners[:, 0]
-    texel = np.linalg.solve(basis, offset[..., None])[..., 0]  # (u, v) from the corner
-    u = jnp.asarray(texel[:, 0:1], jnp.float32)
-    v = jnp.asarray(texel[:, 1:2], jnp.float32)
+    offset = np.asarray(points, np.float64)[None] - corners[:, None, 0]  # [N, K, 2]
+    texel = np.einsum("nij,nkj->nki", np.linalg.inv(basis), offset)  # (u, v) from the corner
+    u = jnp.asarray(texel[..., 0], jnp.float32)
+    v = jnp.asarray(texel[..., 1], jnp.float32)
     alpha = sample_bilinear(rgba[..., 3:], jnp.asarray(collage.patch_index), v, u)
-    return np.asarray(alpha)[:, 0, 0]
+    return np.asarray(alpha)[..., 0]

@@ -91,7 +91,8 @@ def wait_reply(page, count: int) -> dict:
     reply = page.evaluate(f"window.studio.replies[{count}]")
     if reply["type"] == "ok":  # every ok is followed by a new state
         page.wait_for_function(
-            "v => window.studio.state.version > v", arg=page.evaluate("window.studio.state.version") - 1
+            "v => window.studio.state.version > v",
+            arg=page.evaluate("window.studio.state.version") - 1,
         )
     return reply
 
@@ -128,7 +129,9 @@ def a_patch(page, studio, exclude=()) -> tuple[int, float, float]:
 
 def test_the_page_loads_and_draws_the_canvas(page):
     assert page.locator("#canvas").is_visible()
-    size = page.evaluate("[document.getElementById('canvas').width, document.getElementById('canvas').height]")
+    size = page.evaluate(
+        "[document.getElementById('canvas').width, document.getElementById('canvas').height]"
+    )
     assert size == [32, 32]
     drawn = page.evaluate(
         "Array.from(document.getElementById('canvas').getContext('2d')"
@@ -152,7 +155,11 @@ def test_dragging_a_patch_moves_it_by_the_pixels_dragged(page, studio):
     assert wait_reply(page, count)["type"] == "ok"
     after = view(studio)
     moved = after.params.translation[member, patch] - before.params.translation[member, patch]
-    on_screen = moved * np.array([CONFIG.collage.canvas_width / 2, CONFIG.collage.canvas_height / 2]) * ratio
+    on_screen = (
+        moved
+        * np.array([CONFIG.collage.canvas_width / 2, CONFIG.collage.canvas_height / 2])
+        * ratio
+    )
     np.testing.assert_allclose(on_screen, [40, -24], atol=1.0)  # within a screen pixel
     others = np.delete(np.arange(CONFIG.collage.num_patches), patch)
     np.testing.assert_array_equal(
@@ -266,7 +273,9 @@ def test_a_second_tab_sees_the_first_tabs_edit(page, studio, browser):
         other.close()
 
 
-def test_edit_stop_and_resume_equals_a_session_that_never_stopped(page, studio, resources, tmp_path):
+def test_edit_stop_and_resume_equals_a_session_that_never_stopped(
+    page, studio, resources, tmp_path
+):
     """Last here: it stops the shared server."""
     patch, x, y = a_patch(page, studio)
     sx, sy, _ = screen_point(page, x, y)

@@ -49,7 +49,9 @@ def access_for(host: str, *, token: str | None = None, check_origin: bool = True
       ValueError: a token shorter than 16 characters (guessable).
     """
     if token is not None and len(token) < 16:
-        raise ValueError("the studio token must have at least 16 characters: leave it out for a random one.")
+        raise ValueError(
+            "the studio token must have at least 16 characters: leave it out for a random one."
+        )
     if token is None and not is_local(host):
         token = secrets.token_urlsafe(32)
     return Access(token, check_origin)
@@ -57,13 +59,18 @@ def access_for(host: str, *, token: str | None = None, check_origin: bool = True
 
 def allowed(access: Access, headers: dict[str, str], query: str) -> tuple[bool, str]:
     """Whether a request passes (``headers``: lower-case names), and why not."""
-    if access.check_origin and access.token is None:
-        if _hostname(headers.get("host", "")) not in LOCAL_HOSTS:
-            return False, "the Host header must name this machine (127.0.0.1 or localhost)."
+    host = headers.get("host", "")
+    if access.check_origin and access.token is None and _hostname(host) not in LOCAL_HOSTS:
+        return False, "the Host header must name this machine (127.0.0.1 or localhost)."
     origin = headers.get("origin")
-    if access.check_origin and origin and headers.get("upgrade", "").lower() == "websocket":
-        if urlsplit(origin).netloc.lower() != headers.get("host", "").lower():
-            return False, "a socket from another site's page."
+    socket = headers.get("upgrade", "").lower() == "websocket"
+    if (
+        access.check_origin
+        and socket
+        and origin
+        and urlsplit(origin).netloc.lower() != host.lower()
+    ):
+        return False, "a socket from another site's page."
     if access.token is None:
         return True, ""
     if secrets.compare_digest(request_token(headers, query).encode(), access.token.encode()):

@@ -113,9 +113,7 @@ def create_app(worker: StudioWorker, access: access_rules.Access) -> Starlette:
         response = HTMLResponse(page, headers={"Cache-Control": "no-store"})
         if access.token is not None:
             # Later requests of the page (scripts, styles) carry the token as a cookie.
-            response.set_cookie(
-                access_rules.COOKIE, access.token, httponly=True, samesite="strict"
-            )
+            response.set_cookie(access_rules.COOKIE, access.token, httponly=True, samesite="strict")
         return response
 
     async def socket_endpoint(websocket: WebSocket) -> None:
@@ -215,7 +213,9 @@ class StudioServer:
             timeout_graceful_shutdown=2,
         )
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._serve, name="clipclop-studio-http", daemon=True)
+        self._thread = threading.Thread(
+            target=self._serve, name="clipclop-studio-http", daemon=True
+        )
 
     @property
     def url(self) -> str:

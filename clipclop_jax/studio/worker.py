@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import contextlib
 import io
 import json
 import queue
@@ -115,6 +116,11 @@ class StudioWorker:
         with self._lock:
             self._subscribers.pop(key, None)
 
+    def refresh(self) -> None:
+        """Publishes a new state soon (after a ``call`` that changed the session)."""
+        self._dirty = True
+        self._wake()
+
     def stop(self, timeout: float | None = 60) -> None:
         """Stops after the current chunk; the session is saved and closed."""
         self._stop.set()
@@ -128,10 +134,8 @@ class StudioWorker:
 
     def _wake(self) -> None:
         # A no-op command ends the worker's wait at once.
-        try:
+        with contextlib.suppress(queue.Full):  # a full queue wakes it anyway
             self._commands.put_nowait((None, None))
-        except queue.Full:
-            pass
 
     # -- the worker's thread -------------------------------------------------------------
 

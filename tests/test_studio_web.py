@@ -81,18 +81,18 @@ def view(studio):
     return studio.worker.call(lambda session: session.view())
 
 
-def replies(page) -> int:
-    return page.evaluate("window.studio.replies.length")
+def next_id(page) -> int:
+    """The id the page's next message will carry."""
+    return page.evaluate("window.studio.nextId")
 
 
-def wait_reply(page, count: int) -> dict:
-    """The reply after the first ``count`` replies, and the state that follows it."""
-    page.wait_for_function(f"window.studio.replies.length > {count}")
-    reply = page.evaluate(f"window.studio.replies[{count}]")
+def wait_reply(page, ident: int) -> dict:
+    """The reply to message ``ident``, once the state that follows it is on the page."""
+    page.wait_for_function("id => window.studio.replies.some(r => r.id === id)", arg=ident)
+    reply = page.evaluate("id => window.studio.replies.find(r => r.id === id)", ident)
     if reply["type"] == "ok":  # every ok is followed by a new state
         page.wait_for_function(
-            "v => window.studio.state.version > v",
-            arg=page.evaluate("window.studio.state.version") - 1,
+            "id => window.studio.state.version > window.studio.okVersion[id]", arg=ident
         )
     return reply
 
@@ -146,13 +146,13 @@ def test_dragging_a_patch_moves_it_by_the_pixels_dragged(page, studio):
     member = page.evaluate("window.studio.state.shown")
     before = view(studio)
     sx, sy, ratio = screen_point(page, x, y)
-    count = replies(page)
+    ident = next_id(page)
     page.mouse.move(sx, sy)
     page.mouse.down()
     page.mouse.move(sx + 20, sy - 10, steps=4)
     page.mouse.move(sx + 40, sy - 24, steps=4)
     page.mouse.up()
-    assert wait_reply(page, count)["type"] == "ok"
+    assert wait_reply(page, ident)["type"] == "ok"
     after = view(studio)
     moved = after.params.translation[member, patch] - before.params.translation[member, patch]
     on_screen = (
@@ -171,9 +171,9 @@ def test_a_click_freezes_a_patch_bit_for_bit_through_steps(page, studio):
     patch, x, y = a_patch(page, studio)
     member = page.evaluate("window.studio.state.shown")
     sx, sy, _ = screen_point(page, x, y)
-    count = replies(page)
+    ident = next_id(page)
     page.mouse.click(sx, sy)
-    assert wait_reply(page, count)["type"] == "ok"
+    assert wait_reply(page, ident)["type"] == "ok"
     settled(page, studio)
     assert page.locator(f'#overlay .lock[data-patch="{patch}"]').count() == 1  # the padlock
     before = view(studio)
@@ -258,10 +258,10 @@ def test_a_second_tab_sees_the_first_tabs_edit(page, studio, browser):
         patch, x, y = a_patch(page, studio)
         sx, sy, _ = screen_point(page, x, y)
         before = other.evaluate(f"window.studio.state.outlines[{patch}]")
-        count = replies(page)
+        ident = next_id(page)
         page.mouse.move(sx, sy)
         page.mouse.wheel(0, -100)  # scale up by 1.1
-        assert wait_reply(page, count)["type"] == "ok"
+        assert wait_reply(page, ident)["type"] == "ok"
         settled(other, studio)
         after = other.evaluate(f"window.studio.state.outlines[{patch}]")
         spread = lambda corners: np.ptp(np.asarray(corners), axis=0)  # noqa: E731
@@ -279,12 +279,12 @@ def test_edit_stop_and_resume_equals_a_session_that_never_stopped(
     """Last here: it stops the shared server."""
     patch, x, y = a_patch(page, studio)
     sx, sy, _ = screen_point(page, x, y)
-    count = replies(page)
+    ident = next_id(page)
     page.mouse.move(sx, sy)
     page.mouse.down()
     page.mouse.move(sx - 30, sy + 12, steps=4)
     page.mouse.up()
-    assert wait_reply(page, count)["type"] == "ok"
+    assert wait_reply(page, ident)["type"] == "ok"
     out_dir = studio.worker.out_dir
     studio.stop()
     assert not studio.worker.alive

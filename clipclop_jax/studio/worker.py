@@ -31,6 +31,9 @@ from clipclop_jax.studio.session import Session
 
 MAX_QUEUE = 256  # commands waiting for the end of a chunk
 PLOT_POINTS = 400  # loss history points in a state message
+# While playing, state messages (render, PNG, hit map) may take this share of the worker's
+# time; the rest steps. After an edit one is sent at once whatever it costs.
+FRAME_BUDGET = 0.04
 IDLE_WAIT = 0.25  # seconds a paused worker waits for a command before looking again
 
 Reply = Callable[[str], None]
@@ -62,7 +65,10 @@ class StudioWorker:
         self.error: BaseException | None = None
         self.steps_per_second = 0.0
         self._stop_at: int | None = None
-        self._dirty = True
+        self._dirty = True  # steps since the last state message
+        self._urgent = True  # a command or a new page since then: publish at once
+        self._last_publish = 0.0
+        self._publish_cost = 0.0  # seconds one state message takes (smoothed)
 
     # -- the server's side ---------------------------------------------------------------
 
@@ -106,7 +112,7 @@ class StudioWorker:
             key = id(deliver)
             self._subscribers[key] = deliver
             latest = self.latest
-        self._dirty = True  # a state for the newcomer (rendered if none was)
+        self._urgent = True  # a state for the newcomer (rendered if none was)
         if latest is not None:
             deliver(latest)
         self._wake()
@@ -118,7 +124,7 @@ class StudioWorker:
 
     def refresh(self) -> None:
         """Publishes a new state soon (after a ``call`` that changed the session)."""
-        self._dirty = True
+        self._urgent = True
         self._wake()
 
     def stop(self, timeout: float | None = 60) -> None:
@@ -157,9 +163,10 @@ class StudioWorker:
                 self._drain(session, block=not self.playing)
                 if self._stop.is_set():
                     break
+                self._publish(session, urgent_only=True)  # an edit shows at once
                 if self.playing:
                     self._chunk(session)
-                self._publish(session)
+                    self._publish(session, budgeted=self.playing)
         finally:
             session.close()
             self._fail_waiting()
@@ -194,7 +201,7 @@ class StudioWorker:
         except Exception as problem:  # not the page's fault: say so, keep running
             reply(protocol.error(f"the studio failed: {problem!r}", command.id))
             return
-        self._dirty = True
+        self._urgent = True
         reply(protocol.ok(command.id, result))
 
     def _run_command(self, session: Session, command: protocol.Command):
@@ -231,12 +238,22 @@ class StudioWorker:
         self.steps_per_second = metrics["steps_per_second"]
         self._dirty = True
 
-    def _publish(self, session: Session) -> None:
+    def _publish(
+        self, session: Session, *, urgent_only: bool = False, budgeted: bool = False
+    ) -> None:
+        """Sends a state message to the subscribers if there are any and something changed.
+        ``urgent_only``: only after a command. ``budgeted`` (while playing): only if the
+        messages so far stay within ``FRAME_BUDGET`` of the worker's time, so a watched
+        run of short chunks steps almost as fast as an unwatched one."""
         with self._lock:
             subscribers = list(self._subscribers.values())
-        if not (self._dirty and subscribers):
+        if not subscribers or not (self._urgent or (self._dirty and not urgent_only)):
             return
-        self._dirty = False
+        now = time.perf_counter()
+        wait = self._publish_cost / FRAME_BUDGET
+        if budgeted and not self._urgent and now - self._last_publish < wait:
+            return
+        self._dirty = self._urgent = False
         self.version += 1
         text = state_message(
             session,
@@ -245,6 +262,12 @@ class StudioWorker:
             playing=self.playing,
             steps_per_second=self.steps_per_second,
         )
+        done = time.perf_counter()
+        cost = done - now
+        if self.version > 1:  # the first one compiles the renderer: not its running cost
+            smooth = 0.8 * self._publish_cost + 0.2 * cost
+            self._publish_cost = smooth if self._publish_cost else cost
+        self._last_publish = done
         with self._lock:
             self.latest = text
             subscribers = list(self._subscribers.values())

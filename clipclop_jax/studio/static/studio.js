@@ -8,7 +8,11 @@
   const $ = (id) => document.getElementById(id);
   const canvas = $("canvas"), overlay = $("overlay"), context = canvas.getContext("2d");
   const token = new URLSearchParams(location.search).get("token");
-  const studio = { state: null, socket: null, replies: [], errors: [], hits: null, nextId: 1 };
+  // sentAt, okVersion, drawn: timings for benchmarks/studio.py (edit -> frame on screen).
+  const studio = {
+    state: null, socket: null, replies: [], errors: [], hits: null, nextId: 1,
+    sentAt: {}, okVersion: {}, drawn: [], framesDrawn: 0,
+  };
   window.studio = studio;
   let hover = -1, drag = null, polygons = [], frameVersion = 0;
 
@@ -26,6 +30,7 @@
       if (message.type === "state") show(message);
       else {
         studio.replies.push(message);
+        if (message.type === "ok" && message.id !== null) studio.okVersion[message.id] = studio.state ? studio.state.version : 0;
         if (studio.replies.length > 200) studio.replies.shift();
         if (message.type === "error") note(message.message, true);
         else if (message.result && message.result.out_dir) note("exported to " + message.result.out_dir);
@@ -34,6 +39,8 @@
   }
   function send(message) {
     message.id = studio.nextId++;
+    studio.sentAt[message.id] = performance.now();
+    delete studio.sentAt[message.id - 1000]; delete studio.okVersion[message.id - 1000];
     if (studio.socket && studio.socket.readyState === WebSocket.OPEN) studio.socket.send(JSON.stringify(message));
     return message.id;
   }
@@ -57,6 +64,9 @@
       frameVersion = version;
       context.drawImage(image, 0, 0);
       studio.drawnVersion = version;
+      studio.framesDrawn++;
+      studio.drawn.push([version, performance.now()]);
+      if (studio.drawn.length > 1000) studio.drawn.shift();
     };
     image.src = "data:image/png;base64," + state.frame;
     const bytes = Uint8Array.from(atob(state.hits), (c) => c.charCodeAt(0));

@@ -87,7 +87,10 @@
       select.options[i + 1].text = `member ${i}` + (loss === null ? "" : ` (${loss.toFixed(3)})`);
     }
     select.value = state.member === null ? "best" : String(state.member);
-    const best = state.best_loss === null ? "–" : state.best_loss.toFixed(4);
+    // After an edit the best collage is unscored until the next step: show the latest losses.
+    const scored = state.losses.filter((v) => v !== null);
+    const bestLoss = state.best_loss !== null ? state.best_loss : (scored.length ? Math.min(...scored) : null);
+    const best = bestLoss === null ? "–" : bestLoss.toFixed(4);
     const speed = state.steps_per_second ? `, ${state.steps_per_second.toFixed(1)} steps/s` : "";
     status(`step ${state.step} / ${state.total_steps}, best loss ${best}${speed}, showing member ${state.shown}`);
   }

@@ -114,13 +114,14 @@ def main():
     with sync_playwright() as playwright:
         browser = launch(playwright)
         open_page(browser, server).close()  # compile the renderer, PNG, hit map
-        without, with_page, fps = [], [], []
+        without, with_page, fps, shares = [], [], [], []
         for _ in range(args.rounds):
             without.append(steps_per_second(worker, args.seconds))
             page = open_page(browser, server)
             drawn = page.evaluate("window.studio.framesDrawn")
-            start = time.perf_counter()
+            start, spent = time.perf_counter(), worker.publish_seconds
             with_page.append(steps_per_second(worker, args.seconds))
+            shares.append((worker.publish_seconds - spent) / (time.perf_counter() - start))
             fps.append(
                 (page.evaluate("window.studio.framesDrawn") - drawn) / (time.perf_counter() - start)
             )
@@ -145,6 +146,10 @@ def main():
         f"{statistics.median(latencies) * 1000:.0f} / {max(latencies) * 1000:.0f} ms |"
     )
     print(f"| frames drawn per second while playing | {statistics.median(fps):.1f} |")
+    print(
+        "| worker time spent on state messages with a page open | "
+        f"{statistics.median(shares) * 100:.1f} % |"
+    )
     print(
         f"| steps/s: no page / idle page open (median of {args.rounds} rounds of "
         f"{args.seconds:.0f} s) | {statistics.median(without):.2f} / "

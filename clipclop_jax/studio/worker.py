@@ -64,6 +64,7 @@ class StudioWorker:
         self.version = 0
         self.error: BaseException | None = None
         self.steps_per_second = 0.0
+        self.publish_seconds = 0.0  # spent making state messages, all told (benchmarks)
         self._stop_at: int | None = None
         self._dirty = True  # steps since the last state message
         self._urgent = True  # a command or a new page since then: publish at once
@@ -264,6 +265,7 @@ class StudioWorker:
         )
         done = time.perf_counter()
         cost = done - now
+        self.publish_seconds += cost
         if self.version > 1:  # the first one compiles the renderer: not its running cost
             smooth = 0.8 * self._publish_cost + 0.2 * cost
             self._publish_cost = smooth if self._publish_cost else cost

@@ -12,10 +12,15 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import httpx
 import pytest
-from starlette.testclient import TestClient
+
+with warnings.catch_warnings():
+    # This starlette asks for httpx2 over httpx; the test client works with either.
+    warnings.simplefilter("ignore")
+    from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 from websockets.sync.client import connect
 

@@ -259,3 +259,22 @@ def test_clipclop_studio_serves_a_session_and_saves_it_on_sigterm(tmp_path):
     log = [json.loads(line) for line in (out / "edits.jsonl").read_text().splitlines()]
     assert log == [{"op": "freeze", "member": None, "patch": 1, "step": 0}]
     assert os.listdir(out / "checkpoints")
+
+
+def test_the_browser_is_found_as_on_a_users_machine(monkeypatch, tmp_path):
+    from clipclop_jax.studio.browser import find_chromium
+
+    mine = tmp_path / "my-chromium"
+    mine.write_text("")
+    monkeypatch.delenv("PLAYWRIGHT_CHROMIUM_EXECUTABLE", raising=False)
+    monkeypatch.setenv("CLIPCLOP_CHROMIUM", str(mine))
+    assert find_chromium() == str(mine)
+    monkeypatch.setenv("CLIPCLOP_CHROMIUM", str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="CLIPCLOP_CHROMIUM"):
+        find_chromium()
+    monkeypatch.delenv("CLIPCLOP_CHROMIUM")
+    monkeypatch.setenv("PLAYWRIGHT_CHROMIUM_EXECUTABLE", str(mine))
+    assert find_chromium() == str(mine)
+    monkeypatch.delenv("PLAYWRIGHT_CHROMIUM_EXECUTABLE")
+    found = find_chromium()
+    assert found is None or os.path.isfile(found)  # the system's, else Playwright's own

@@ -75,6 +75,18 @@ QUICK = {
         output_size=64,
         batch_prompts=["a red circle", "a blue square"],
     ),
+    "05_studio": dict(
+        model="demo",
+        prompt="a red circle",
+        patches="shapes",
+        population=2,
+        steps=8,
+        canvas=32,
+        num_patches=4,
+        num_crops=1,
+        chunk_steps=2,
+        output_size=32,
+    ),
 }
 
 # What each notebook must show: MIME types and text among its outputs.
@@ -83,6 +95,7 @@ SHOWN = {
     "02_patch_maker": ["image/png", "wrote ", "patches in the library"],
     "03_composition": ["image/png", "blended: "],
     "04_population_search": ["image/png", "8 CPU device(s)", "population 8 over 8 devices"],
+    "05_studio": ["text/html", "<iframe", "image/png", "studio at http://127.0.0.1:", "wrote "],
 }
 
 # Nothing in quick mode may need the network: the hub and datasets are told to stay offline,

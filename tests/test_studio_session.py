@@ -385,3 +385,17 @@ def test_frozen_and_hidden_hold_in_both_batchings(batching):
     np.testing.assert_array_equal(start.patch_index[:, 3], end.patch_index[:, 3])
     assert not np.array_equal(start.params.translation[:, 0], end.params.translation[:, 0])
     assert (np.asarray(state.best.patch_index)[3] == -1) and np.asarray(state.hidden)[:, 3].all()
+
+
+def test_the_hit_map_names_what_patch_at_names_at_every_pixel(edited):
+    session = edited[0]
+    for member in range(CONFIG.population):
+        hits = session.hit_map(member)
+        assert hits.shape == CONFIG.collage.canvas_shape and hits.dtype == np.int32
+        assert (hits >= 0).any() and (hits == -1).any()
+        hidden = session.view().hidden[member]
+        assert not np.isin(np.flatnonzero(hidden), hits).any()  # a hidden patch is never hit
+        for row in range(0, 32, 3):
+            for col in range(0, 32, 3):
+                named = session.patch_at(member, col + 0.5, row + 0.5)
+                assert hits[row, col] == (-1 if named is None else named), (member, row, col)

@@ -13,6 +13,7 @@ import sys
 from clipclop_jax.cli.batch import add_batch_parser, run_batch
 from clipclop_jax.cli.options import add_config_options, settings_from_args
 from clipclop_jax.cli.patches import add_patches_parser, run_patches
+from clipclop_jax.cli.studio import add_studio_parser, run_studio
 from clipclop_jax.runs.interrupt import FinalRenderError
 from clipclop_jax.version import __version__
 
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_batch_parser(commands)
     add_patches_parser(commands)
+    add_studio_parser(commands)
     return parser
 
 
@@ -236,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_batch(args)
         if args.command == "patches":
             return run_patches(args)
+        if args.command == "studio":
+            return run_studio(args)
     except (ValueError, OSError, FinalRenderError) as error:
         # Our errors are one line that names the problem and the fix; say just that.
         message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)

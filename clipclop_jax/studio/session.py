@@ -29,7 +29,7 @@ import numpy as np
 
 from clipclop_jax import io
 from clipclop_jax.collage.params import Collage, CollageParams, take
-from clipclop_jax.collage.render import render_population, sample_bilinear
+from clipclop_jax.collage.render import render_population
 from clipclop_jax.collage.transforms import patch_corners
 from clipclop_jax.guidance.prompts import parse_prompts
 from clipclop_jax.runs import checkpoint, run_folder
@@ -92,6 +92,7 @@ class Session:
         self.out_dir = out_dir
         self._resources = resources
         self._library_size = resources.library.num_patches
+        self._alpha_maps: np.ndarray | None = None
         run = run._replace(guidance=_prompt_guidance(run.guidance, config.prompt, resources))
         run, state, files, chunk = place_run(config, resources, run, state, out_dir)
         self._run, self._state, self._files, self._chunk = run, state, files, chunk
@@ -279,10 +280,13 @@ class Session:
         the member with the lowest latest loss."""
         member = self._member(member)
         state = self._state
-        drawn = visible(state.population, state.hidden)
+        # Only the member asked for (a population of one: the page renders after every
+        # chunk, and drawing the whole population would cost P times as much).
+        drawn = jax.tree.map(lambda leaf: leaf[member : member + 1], state.population)
+        drawn = visible(drawn, state.hidden[member : member + 1])
         image = render_population(
             drawn, self._run.guidance.library, self._run.guidance.background, self.config.collage
-        )[member]
+        )[0]
         return io.to_uint8(np.asarray(image))
 
     def outlines(self, member: int) -> np.ndarray:
@@ -297,24 +301,72 @@ class Session:
         """The topmost visible patch whose cut-out covers canvas point (x, y) (alpha above
         one half), or None. "opacity" mode: the highest ``order``; the additive modes have
         no stacking, so the most opaque there, then the highest slot."""
-        member = self._member(member)
         x = edit_ops._number("patch_at", "x", x, -edit_ops.MAX_PIXELS, edit_ops.MAX_PIXELS)
         y = edit_ops._number("patch_at", "y", y, -edit_ops.MAX_PIXELS, edit_ops.MAX_PIXELS)
-        population = self._host_population()
-        collage = take(population, member)
+        top = self._topmost(member, np.array([[x, y]]))[0]
+        return None if top < 0 else int(top)
+
+    def hit_map(self, member: int | None = None) -> np.ndarray:
+        """[H, W] int32: at each canvas pixel (its centre) the slot ``patch_at`` names there,
+        -1 for none. What the page picks patches from under the pointer. Each patch is
+        sampled only inside its outline's bounding box, so the cost grows with the patches'
+        area, not patches x canvas."""
+        member = self._member(member)
+        height, width = self.config.collage.canvas_shape
+        collage = take(self._host_population(), member)
         hidden = np.asarray(self._state.hidden)[member]
-        library = self._run.guidance.library
-        alpha = _alpha_at(collage, library.rgba, self.config.collage, x, y)
-        covers = (alpha > 0.5) & ~hidden
-        if not covers.any():
-            return None
+        alpha_maps = self._alpha_textures()
+        corners = patch_corners(collage.params, self.config.collage, alpha_maps.shape[1])
+        top = np.full((height, width), -1, np.int32)
+        top_rank = np.full((height, width), -np.inf)
+        opacity = self.config.collage.render_mode == "opacity"
+        for slot in np.flatnonzero(~hidden):
+            low = np.floor(np.nan_to_num(corners[slot].min(0), nan=0.0) - 1).astype(int)
+            high = np.ceil(np.nan_to_num(corners[slot].max(0), nan=0.0) + 1).astype(int)
+            x0, y0 = max(low[0], 0), max(low[1], 0)
+            x1, y1 = min(high[0], width), min(high[1], height)
+            if x0 >= x1 or y0 >= y1:
+                continue
+            rows, cols = np.mgrid[y0:y1, x0:x1]
+            points = np.stack([cols.ravel() + 0.5, rows.ravel() + 0.5], -1)
+            alpha = _alpha_host(
+                alpha_maps, collage.patch_index[slot : slot + 1], corners[slot : slot + 1], points
+            )[0].reshape(rows.shape)
+            rank = np.full(rows.shape, float(collage.params.order[slot])) if opacity else alpha
+            # Slots in increasing order: an equal rank goes to the higher slot.
+            wins = (alpha > 0.5) & (rank >= top_rank[y0:y1, x0:x1])
+            top[y0:y1, x0:x1][wins] = slot
+            top_rank[y0:y1, x0:x1][wins] = rank[wins]
+        return top
+
+    def _topmost(self, member: int | None, points: np.ndarray) -> np.ndarray:
+        """[K] int32 slot on top at each canvas point of ``points`` [K, 2] (x, y), -1 none."""
+        member = self._member(member)
+        collage = take(self._host_population(), member)
+        hidden = np.asarray(self._state.hidden)[member]
+        alpha_maps = self._alpha_textures()
+        corners = patch_corners(collage.params, self.config.collage, alpha_maps.shape[1])
+        alpha = _alpha_host(alpha_maps, collage.patch_index, corners, points)  # [N, K]
+        covers = (alpha > 0.5) & ~hidden[:, None]
         if self.config.collage.render_mode == "opacity":
-            rank = np.asarray(collage.params.order, np.float64)
+            order = np.asarray(collage.params.order, np.float64)[:, None]
+            rank = np.broadcast_to(order, alpha.shape)
         else:
             rank = alpha.astype(np.float64)
-        slots = np.flatnonzero(covers)
-        best = slots[rank[slots] == rank[slots].max()]
-        return int(best[-1])
+        slots = np.arange(alpha.shape[0], dtype=np.float64)[:, None]
+        # The highest rank on top; among equal ranks the highest slot (as patch_at always did).
+        rank = np.where(covers, rank, -np.inf)
+        best = rank.max(0)
+        tied = covers & (rank == best)
+        top = np.where(tied, slots, -1.0).max(0)
+        return top.astype(np.int32)
+
+    def _alpha_textures(self) -> np.ndarray:
+        """[L, S, S] float32 alpha of the low-res library on the host (fetched once)."""
+        if self._alpha_maps is None:
+            rgba = np.asarray(self._run.guidance.library.rgba[..., 3])
+            self._alpha_maps = rgba.astype(np.float32) / (255.0 if rgba.dtype == np.uint8 else 1.0)
+        return self._alpha_maps
 
     def _host_population(self) -> Collage:
         return jax.device_get(self._state.population)
@@ -601,17 +653,32 @@ def _prompt_guidance(guidance, prompt: str, resources: Resources):
     return guidance._replace(text_embeddings=embeddings, prompt_weights=jnp.asarray(weights))
 
 
-def _alpha_at(collage: Collage, rgba, config, x: float, y: float) -> np.ndarray:
-    """[N] each patch's alpha at canvas point (x, y), sampled as the renderer samples (its
-    texel map inverted from ``patch_corners``, so nothing here compiles but the sampler)."""
-    side = rgba.shape[1]
-    corners = patch_corners(collage.params, config, side)  # TL, TR, BR, BL at (u, v) corners
+def _alpha_host(alpha_maps: np.ndarray, index, corners: np.ndarray, points) -> np.ndarray:
+    """[N, K] each patch's alpha at the canvas points [K, 2] (x, y), sampled as the renderer's
+    ``sample_bilinear`` samples (zero off the square), in numpy: its texel map inverted from
+    ``patch_corners`` [N, 4, 2]."""
+    side = alpha_maps.shape[1]
     # The affine map canvas -> texel from three corners: u along TL->TR, v along TL->BL.
     across, down = corners[:, 1] - corners[:, 0], corners[:, 3] - corners[:, 0]
     basis = np.stack([across, down], -1) / side  # [N, 2, 2] texel -> canvas offset
-    offset = np.array([x, y]) - corners[:, 0]
-    texel = np.linalg.solve(basis, offset[..., None])[..., 0]  # (u, v) from the corner
-    u = jnp.asarray(texel[:, 0:1], jnp.float32)
-    v = jnp.asarray(texel[:, 1:2], jnp.float32)
-    alpha = sample_bilinear(rgba[..., 3:], jnp.asarray(collage.patch_index), v, u)
-    return np.asarray(alpha)[:, 0, 0]
+    offset = np.asarray(points, np.float64)[None] - corners[:, None, 0]  # [N, K, 2]
+    with np.errstate(all="ignore"):  # a degenerate (NaN) patch reads as outside
+        texel = np.einsum("nij,nkj->nki", np.linalg.pinv(basis), offset)
+    fx = np.clip(np.nan_to_num(texel[..., 0] - 0.5, nan=-1.0), -1.0, float(side))
+    fy = np.clip(np.nan_to_num(texel[..., 1] - 0.5, nan=-1.0), -1.0, float(side))
+    x0, y0 = np.floor(fx), np.floor(fy)
+    wx, wy = fx - x0, fy - y0
+    ry0 = np.where((y0 >= 0) & (y0 <= side - 1), 1.0 - wy, 0.0)
+    ry1 = np.where(y0 + 1 <= side - 1, wy, 0.0)
+    cx0 = np.where((x0 >= 0) & (x0 <= side - 1), 1.0 - wx, 0.0)
+    cx1 = np.where(x0 + 1 <= side - 1, wx, 0.0)
+    index = np.asarray(index)
+    present = (index >= 0)[:, None]
+    n = np.arange(len(index))[:, None]
+    r0, r1 = np.clip(y0, 0, side - 1).astype(int), np.clip(y0 + 1, 0, side - 1).astype(int)
+    c0, c1 = np.clip(x0, 0, side - 1).astype(int), np.clip(x0 + 1, 0, side - 1).astype(int)
+    textures = alpha_maps[np.maximum(index, 0)]  # [N, S, S]
+    t00, t01 = textures[n, r0, c0], textures[n, r0, c1]
+    t10, t11 = textures[n, r1, c0], textures[n, r1, c1]
+    alpha = ry0 * (cx0 * t00 + cx1 * t01) + ry1 * (cx0 * t10 + cx1 * t11)
+    return np.where(present, alpha, 0.0)

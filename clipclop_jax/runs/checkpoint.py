@@ -99,9 +99,7 @@ def _manager(out_dir: str, keep: int):
 def _items(state_tree: dict, meta: dict):
     import orbax.checkpoint as ocp
 
-    return ocp.args.Composite(
-        state=ocp.args.StandardSave(state_tree), meta=ocp.args.JsonSave(meta)
-    )
+    return ocp.args.Composite(state=ocp.args.StandardSave(state_tree), meta=ocp.args.JsonSave(meta))
 
 
 def save_checkpoint(
@@ -147,7 +145,7 @@ def save_checkpoint(
     path = checkpoint_path(out_dir, step)
     with _manager(out_dir, keep) as manager:
         if step in manager.all_steps():
-            _replace_step(path, _items(tree, meta))
+            _replace_step(os.path.abspath(path), _items(tree, meta))  # orbax wants it absolute
         else:
             manager.save(step, args=_items(tree, meta))
     if processes.is_writer():

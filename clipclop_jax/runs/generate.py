@@ -275,6 +275,11 @@ def place_run(
         resources.library.num_patches,
         config.regions,
     )
+    if jax.process_count() > 1:
+        # Compiled before any process runs it, then started together: gloo, the CPU
+        # collectives, gives up on a peer more than 30 s late, as a slower compile can be.
+        chunk.lower(state, run.guidance, jnp.asarray(1, jnp.int32)).compile()
+        processes.sync("clipclop-chunk-compiled")
     return run, state, files, chunk
 
 

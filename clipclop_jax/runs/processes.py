@@ -18,10 +18,26 @@ def is_writer() -> bool:
     return jax.process_index() == 0
 
 
+# How long a process waits for the others at a ``sync``: model loading and compiling may
+# take minutes on a busy host.
+SYNC_TIMEOUT_S = 1800
+
+
 def sync(name: str) -> None:
     """Waits until every process has reached the point called ``name`` (nothing to wait for
-    in a one-process run)."""
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
+    in a one-process run).
 
-        multihost_utils.sync_global_devices(name)
+    Note: a barrier of the coordination service, not a collective over the devices: gloo,
+    the CPU collectives, gives up on a peer that is more than 30 s late, which start-up and
+    compiling can be on a busy machine.
+    """
+    if jax.process_count() > 1:
+        from jax._src import distributed
+
+        _counts[name] = _counts.get(name, 0) + 1  # a barrier's name is used once
+        distributed.global_state.client.wait_at_barrier(
+            f"clipclop:{name}:{_counts[name]}", SYNC_TIMEOUT_S * 1000
+        )
+
+
+_counts: dict[str, int] = {}

@@ -10,7 +10,9 @@ share its start-up and compiled programs):
 
 * ``generate``: a new run in RUN_DIR;
 * ``generate-stop``: a new run that stops after its first chunk (``RunInterrupted``);
-* ``resume``: ``resume(RUN_DIR)`` to the end.
+* ``resume``: ``resume(RUN_DIR)`` to the end;
+* ``cli-resume``: ``clipclop resume RUN_DIR --distributed=127.0.0.1:PORT,N,I`` (alone: the
+  command joins the process group itself).
 
 REPORT.json records the device and process counts and every file this process moved into
 place (``os.replace``/``os.rename``: how atomic writes end), for the "only process 0 writes
@@ -34,14 +36,18 @@ def main() -> None:
     parser.add_argument("--config", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--report", required=True)
-    parser.add_argument("actions", nargs="+", choices=("generate", "generate-stop", "resume"))
+    parser.add_argument(
+        "actions", nargs="+", choices=("generate", "generate-stop", "resume", "cli-resume")
+    )
     args = parser.parse_args()
 
     import jax
 
     jax.config.update("jax_num_cpu_devices", args.devices)
+    cli = args.actions == ["cli-resume"]  # `clipclop resume --distributed` joins itself
     if args.processes > 1:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if args.processes > 1 and not cli:
         jax.distributed.initialize(
             f"127.0.0.1:{args.port}",
             num_processes=args.processes,
@@ -67,6 +73,14 @@ def main() -> None:
         config = GenerateConfig.from_dict(json.load(file))
     stopped = []
     for action in args.actions:
+        if action == "cli-resume":
+            from clipclop_jax.cli.main import main as clipclop
+
+            join = f"--distributed=127.0.0.1:{args.port},{args.processes},{args.process_id}"
+            code = clipclop(["resume", args.out, "--quiet", *[join] * (args.processes > 1)])
+            if code:
+                raise SystemExit(f"clipclop resume exited {code}")
+            continue
         if action == "resume":
             resume(args.out)
             continue

@@ -191,7 +191,7 @@ def test_shards_take_every_nth_prompt_and_merge_into_the_whole_batch(sharded, ma
     assert main(["batch", "--merge", "--out", str(out)]) == 1
     assert "2 of 3 prompts made collages" in capsys.readouterr().out
     merged = json.loads((out / "summary.json").read_text())["prompts"]
-    assert [p["prompt"] for p in merged] == PROMPTS
+    assert [p["prompt"] for p in merged] == [p.strip() for p in PROMPTS]  # as read from a file
     assert [p["status"] for p in merged] == ["ok", "error", "ok"]
     # The same folders and collages as the batch run in one job.
     assert [p["loss"] for p in merged] == [items[0].loss, None, items[2].loss]

@@ -7,8 +7,8 @@ devices (tests/multiprocess_worker.py is one process).
   group, and end at the collage one process with 4 devices makes uninterrupted, bit for bit
   (docs/devices.md, "Same seed, any device count"); only process 0 writes the run's files.
 * A run of 4 processes x 2 devices, stopped after its first chunk, resumes on 2 processes x 2
-  devices (its orbax checkpoint re-sharded on restore) and ends where one process with one
-  device ends uninterrupted.
+  devices with ``clipclop resume --distributed`` (its orbax checkpoint re-sharded on restore)
+  and ends where one process with one device ends uninterrupted.
 
 Every process runs with FMAs off (``--xla_cpu_max_isa=AVX``), as the same-bits rule asks.
 """
@@ -161,7 +161,8 @@ def test_a_four_process_run_resumes_on_two_processes_as_if_never_stopped(tmp_pat
     assert all(r["device_count"] == 8 for r in first[0])
     saved = checkpoint.load_latest(run)
     assert saved.step == 2 and os.path.basename(saved.path) == "step_000000002"
-    # Restored on 2 processes of 2 devices: the state saved over 8 devices, re-sharded.
-    (second,) = run_groups(tmp_path, [("two", 2, 2, SMALL_RUN, run, ["resume"])])
+    # Restored on 2 processes of 2 devices: the state saved over 8 devices, re-sharded,
+    # by `clipclop resume --distributed` in each process.
+    (second,) = run_groups(tmp_path, [("two", 2, 2, SMALL_RUN, run, ["cli-resume"])])
     assert all(r["device_count"] == 4 for r in second)
     assert_same_run(run, tmp_path / "one")

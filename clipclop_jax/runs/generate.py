@@ -241,6 +241,7 @@ def drive_run(
     """Places the run state on the run's mesh, drives it to ``optim.steps`` and writes the
     run's files."""
     run, state, files, chunk = place_run(config, resources, run, state, out_dir)
+    should_stop = processes.agreed(should_stop)
     state, history = run_chunks(
         chunk,
         state,

@@ -10,7 +10,10 @@ and ``sync`` keeps the others from running ahead of it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
+import numpy as np
 
 
 def is_writer() -> bool:
@@ -41,3 +44,18 @@ def sync(name: str) -> None:
 
 
 _counts: dict[str, int] = {}
+
+
+def agreed(should_stop: Callable[[], bool] | None) -> Callable[[], bool] | None:
+    """``should_stop`` asked of every process together: True in all of them as soon as it is
+    True in any (a preemption's SIGTERM reaches hosts at different instants, and a process
+    that stopped alone would leave the others waiting in the next chunk's collectives)."""
+    if should_stop is None or jax.process_count() == 1:
+        return should_stop
+    from jax.experimental import multihost_utils
+
+    def any_process() -> bool:
+        flags = multihost_utils.process_allgather(np.asarray([should_stop()], np.int32))
+        return bool(np.any(flags))
+
+    return any_process

@@ -115,15 +115,15 @@ def start_run(
     preflight.check_run(config)
     if out_dir is not None:
         video.check_video_support(gif=config.output.gif, mp4=config.output.mp4)
-        if overwrite and not processes.is_writer():
-            # Process 0 alone removes the previous run's files; the others only check.
-            run_folder.check_output_folder(out_dir, needed_bytes=estimate_output_bytes(config))
-        else:
-            run_folder.prepare_output_folder(
-                out_dir, overwrite=overwrite, needed_bytes=estimate_output_bytes(config)
-            )
-        # Every process has seen the folder as it was before any of them writes there.
-        processes.sync("clipclop-folder-ready")
+        # Checked (and with overwrite emptied) by process 0 alone, before any process writes
+        # there; its refusal stops every process.
+        needed = estimate_output_bytes(config)
+        processes.on_writer(
+            "clipclop-folder-ready",
+            lambda: run_folder.prepare_output_folder(
+                out_dir, overwrite=overwrite, needed_bytes=needed
+            ),
+        )
     resources = resources or load_resources(config)
     run = prepare_run(config, resources, canvas_background)
     if out_dir is not None and processes.is_writer():

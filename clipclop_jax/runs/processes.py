@@ -46,6 +46,31 @@ def sync(name: str) -> None:
 _counts: dict[str, int] = {}
 
 
+def on_writer(name: str, work: Callable[[], None]) -> None:
+    """Runs ``work()`` in process 0 alone while the others wait for it; a ``ValueError`` or
+    ``OSError`` it raises is raised in every process, with its one-line message (so a
+    refused run folder stops the whole run at once, not after the others time out)."""
+    if jax.process_count() == 1:
+        work()
+        return
+    from jax._src import distributed
+
+    client = distributed.global_state.client
+    _counts[name] = _counts.get(name, 0) + 1
+    key = f"clipclop:{name}:{_counts[name]}"
+    if is_writer():
+        try:
+            work()
+        except (ValueError, OSError) as error:
+            client.key_value_set(key, f"error:{error}")
+            raise
+        client.key_value_set(key, "ok")
+        return
+    outcome = client.blocking_key_value_get(key, SYNC_TIMEOUT_S * 1000)
+    if outcome != "ok":
+        raise ValueError(outcome.removeprefix("error:"))
+
+
 def agreed(should_stop: Callable[[], bool] | None) -> Callable[[], bool] | None:
     """``should_stop`` asked of every process together: True in all of them as soon as it is
     True in any (a preemption's SIGTERM reaches hosts at different instants, and a process

@@ -30,6 +30,7 @@ from clipclop_jax.runs import checkpoint, run_folder, video
 from clipclop_jax.runs.generate import resume
 from clipclop_jax.runs.resources import model_fingerprint
 from clipclop_jax.runs.setup import state_template
+from clipclop_jax.search import sharding
 from clipclop_jax.search.evolution import EvolutionConfig
 
 TINY = GenerateConfig(
@@ -87,6 +88,27 @@ def test_a_checkpoint_restores_every_array_and_the_key(tmp_path):
     ):
         assert got.dtype == np.asarray(want).dtype
         np.testing.assert_array_equal(got, want)
+
+
+def test_a_checkpoint_restores_straight_into_a_meshs_shardings(tmp_path):
+    state = fresh_state(TINY)
+    saved = checkpoint.load_checkpoint(save(tmp_path, state, 10))
+    host = checkpoint.restore_state(saved, state_template(TINY))
+    for devices in (2, 1):
+        mesh = sharding.population_mesh(devices)
+        placed = checkpoint.restore_state(saved, state_template(TINY), mesh=mesh)
+        wanted = sharding.run_state_shardings(placed, mesh)
+        for got, want, where in zip(
+            jax.tree.leaves(placed._replace(key=jax.random.key_data(placed.key))),
+            jax.tree.leaves(host._replace(key=jax.random.key_data(host.key))),
+            jax.tree.leaves(wanted),
+            strict=True,
+        ):
+            assert got.sharding.is_equivalent_to(where, got.ndim)
+            np.testing.assert_array_equal(got, want)
+    assert len(placed.population.params.translation.sharding.device_set) == 1
+    split = checkpoint.restore_state(saved, state_template(TINY), mesh=sharding.population_mesh(2))
+    assert len(split.population.params.translation.addressable_shards) == 2
 
 
 def test_restore_refuses_a_state_of_another_shape(tmp_path):

@@ -10,9 +10,11 @@ import pathlib
 
 import numpy as np
 import pytest
+from PIL import Image
 from test_evolution import EVOLVE, chunk_compilations, demo_resources, evolution_run
 
 from clipclop_jax.cli.batch import add_batch_parser, config_from_args, run_batch
+from clipclop_jax.cli.main import main
 from clipclop_jax.runs import batch
 from clipclop_jax.runs.batch import folder_names, generate_batch, read_prompts, slugify
 from clipclop_jax.search.evolution import EvolutionConfig
@@ -156,3 +158,82 @@ def test_cli_batch_reports_failures_and_writes_the_summary(tmp_path, monkeypatch
     assert captured.err.count("\n") == 1 and "prompt 2 ':2'" in captured.err
     assert (out / "000-a-blue-circle" / "collage.png").is_file()
     assert (out / "summary.csv").is_file() and (out / "summary.json").is_file()
+
+
+# -- job arrays: --shard I/N, --merge ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory, made):
+    """The module's batch run as two shards of a job array, merged (the CLI)."""
+    folder = tmp_path_factory.mktemp("sharded")
+    prompts = folder / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    out = folder / "out"
+    codes = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(batch, "load_resources", lambda config: demo_resources())
+        for shard in ("1/2", "0/2"):  # in any order, as a scheduler starts them
+            args = parse(
+                ["batch", str(prompts), "--out", str(out), "--shard", shard, *CLI_SETTINGS]
+            )
+            codes.append(run_batch(args))
+    return prompts, out, codes
+
+
+def test_shards_take_every_nth_prompt_and_merge_into_the_whole_batch(sharded, made, capsys):
+    prompts, out, codes = sharded
+    whole, items, _ = made
+    assert codes == [1, 0]  # shard 1/2 holds the malformed prompt only
+    shard0 = json.loads((out / "summary-shard-0-of-2.json").read_text())["prompts"]
+    assert [p["index"] for p in shard0] == [0, 2]
+    assert not (out / "summary.csv").exists()
+    assert main(["batch", "--merge", "--out", str(out)]) == 1
+    assert "2 of 3 prompts made collages" in capsys.readouterr().out
+    merged = json.loads((out / "summary.json").read_text())["prompts"]
+    assert [p["prompt"] for p in merged] == [p.strip() for p in PROMPTS]  # as read from a file
+    assert [p["status"] for p in merged] == ["ok", "error", "ok"]
+    # The same folders and collages as the batch run in one job.
+    assert [p["loss"] for p in merged] == [items[0].loss, None, items[2].loss]
+    for item in (items[0], items[2]):
+        name = pathlib.Path(item.folder).name
+        assert (out / name / "collage.png").read_bytes() == (
+            whole / name / "collage.png"
+        ).read_bytes()
+    with Image.open(out / "contact-sheet.png") as sheet:
+        assert sheet.size[0] == 2 * 128  # two collages side by side, captioned beneath
+
+
+def test_a_shard_run_again_skips_its_finished_prompts(sharded, monkeypatch):
+    prompts, out, _ = sharded
+
+    def no_run(*args, **kwargs):
+        raise AssertionError("a finished prompt ran again")
+
+    monkeypatch.setattr(batch, "generate", no_run)
+    monkeypatch.setattr(batch, "resume", no_run)
+    monkeypatch.setattr(batch, "load_resources", lambda config: demo_resources())
+    before = json.loads((out / "summary-shard-0-of-2.json").read_text())["prompts"]
+    args = parse(["batch", str(prompts), "--out", str(out), "--shard", "0/2", *CLI_SETTINGS])
+    assert run_batch(args) == 0
+    after = json.loads((out / "summary-shard-0-of-2.json").read_text())["prompts"]
+    assert [p["loss"] for p in after] == [p["loss"] for p in before]
+
+
+@pytest.mark.parametrize("shard", ["2/2", "-1/2", "1/0", "a/b", "1/2/3", "3"])
+def test_a_bad_shard_gets_one_line_before_any_work(tmp_path, capsys, shard):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\n")
+    code = main(["batch", str(prompts), "--out", str(tmp_path / "out"), f"--shard={shard}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "--shard" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_merging_names_the_shards_still_missing(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "summary-shard-1-of-3.json").write_text('{"settings": {}, "prompts": []}')
+    assert main(["batch", "--merge", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "0/3, 2/3" in err, err

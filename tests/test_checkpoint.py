@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from clipclop_jax.runs import checkpoint, run_folder, video
 from clipclop_jax.runs.generate import resume
 from clipclop_jax.runs.resources import model_fingerprint
 from clipclop_jax.runs.setup import state_template
+from clipclop_jax.search import sharding
 from clipclop_jax.search.evolution import EvolutionConfig
 
 TINY = GenerateConfig(
@@ -88,6 +90,27 @@ def test_a_checkpoint_restores_every_array_and_the_key(tmp_path):
         np.testing.assert_array_equal(got, want)
 
 
+def test_a_checkpoint_restores_straight_into_a_meshs_shardings(tmp_path):
+    state = fresh_state(TINY)
+    saved = checkpoint.load_checkpoint(save(tmp_path, state, 10))
+    host = checkpoint.restore_state(saved, state_template(TINY))
+    for devices in (2, 1):
+        mesh = sharding.population_mesh(devices)
+        placed = checkpoint.restore_state(saved, state_template(TINY), mesh=mesh)
+        wanted = sharding.run_state_shardings(placed, mesh)
+        for got, want, where in zip(
+            jax.tree.leaves(placed._replace(key=jax.random.key_data(placed.key))),
+            jax.tree.leaves(host._replace(key=jax.random.key_data(host.key))),
+            jax.tree.leaves(wanted),
+            strict=True,
+        ):
+            assert got.sharding.is_equivalent_to(where, got.ndim)
+            np.testing.assert_array_equal(got, want)
+    assert len(placed.population.params.translation.sharding.device_set) == 1
+    split = checkpoint.restore_state(saved, state_template(TINY), mesh=sharding.population_mesh(2))
+    assert len(split.population.params.translation.addressable_shards) == 2
+
+
 def test_restore_refuses_a_state_of_another_shape(tmp_path):
     saved = checkpoint.load_checkpoint(save(tmp_path, fresh_state(TINY), 10))
     other = dataclasses.replace(TINY, collage=dataclasses.replace(TINY.collage, num_patches=9))
@@ -100,33 +123,52 @@ def test_only_the_newest_checkpoints_are_kept(tmp_path):
     for step in (10, 20, 30, 40):
         save(tmp_path, state, step, keep=2)
     names = [os.path.basename(p) for p in checkpoint.list_checkpoints(tmp_path)]
-    assert names == ["step-000000030.npz", "step-000000040.npz"]
+    assert names == ["step_000000030", "step_000000040"]
 
 
-def test_a_failed_write_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
+def test_a_step_saved_again_replaces_its_checkpoint(tmp_path):
+    """A studio edit rewrites the checkpoint of the step it was made at."""
+    state = fresh_state(TINY)
+    save(tmp_path, state, 10, extra_meta={"edits_applied": 1})
+    changed = state._replace(losses=np.float32([7.0, 8.0]))
+    save(tmp_path, changed, 10, extra_meta={"edits_applied": 2})
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["step_000000010"]
+    saved = checkpoint.load_latest(tmp_path)
+    assert checkpoint.extra_meta(saved) == {"edits_applied": 2}
+    restored = checkpoint.restore_state(saved, state_template(TINY))
+    np.testing.assert_array_equal(restored.losses, [7.0, 8.0])
+
+
+def test_a_write_killed_half_way_leaves_the_previous_checkpoint_whole(tmp_path):
     state = fresh_state(TINY)
     save(tmp_path, state, 10)
-
-    def disk_full(fd):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(os, "fsync", disk_full)
-    with pytest.raises(OSError, match="No space left"):
-        save(tmp_path, state, 20)
-    monkeypatch.undo()
-    assert os.listdir(tmp_path / "checkpoints") == ["step-000000010.npz"]
+    # What a kill during orbax's write leaves: the next step's temporary folder, half full.
+    torn = tmp_path / "checkpoints" / "step_000000020.orbax-checkpoint-tmp"
+    (torn / "state").mkdir(parents=True)
+    (torn / "state" / "manifest.ocdbt").write_bytes(b"torn")
     assert checkpoint.load_latest(tmp_path).step == 10
+    save(tmp_path, state, 20)  # the run goes on past it
+    assert checkpoint.load_latest(tmp_path).step == 20
 
 
 def test_an_unreadable_newest_checkpoint_falls_back_to_the_one_before(tmp_path):
     state = fresh_state(TINY)
     save(tmp_path, state, 10)
-    (tmp_path / "checkpoints" / "step-000000020.npz").write_bytes(b"PK\x03\x04 torn")
+    shutil.copytree(tmp_path / "checkpoints" / "step_000000010", tmp_path / "step")
+    save(tmp_path, state, 20)
+    for item in (tmp_path / "checkpoints" / "step_000000020" / "state").iterdir():
+        if item.is_file():
+            item.write_bytes(b"torn")
     assert checkpoint.load_latest(tmp_path).step == 10
     with pytest.raises(ValueError, match="not a readable checkpoint"):
-        checkpoint.load_checkpoint(tmp_path / "checkpoints" / "step-000000020.npz")
+        checkpoint.load_checkpoint(tmp_path / "checkpoints" / "step_000000020")
     checkpoint.discard_newer(tmp_path, 10)  # what resume does before it writes new ones
-    assert os.listdir(tmp_path / "checkpoints") == ["step-000000010.npz"]
+    assert os.listdir(tmp_path / "checkpoints") == ["step_000000010"]
+    # An old run's .npz beside the new folders: listed by step, and unreadable ones too.
+    (tmp_path / "checkpoints" / "step-000000020.npz").write_bytes(b"PK\x03\x04 torn")
+    assert checkpoint.load_latest(tmp_path).step == 10
+    checkpoint.discard_newer(tmp_path, 10)
+    assert os.listdir(tmp_path / "checkpoints") == ["step_000000010"]
 
 
 KEEP_SAVING = textwrap.dedent(

@@ -30,7 +30,7 @@ from clipclop_jax.library.load import load_library
 from clipclop_jax.library.npz_reader import load_library_subset
 from clipclop_jax.library.patch_library import LibraryError, library_from_cutouts
 from clipclop_jax.library.sources import open_sources
-from clipclop_jax.runs import checkpoint, run_folder
+from clipclop_jax.runs import checkpoint, npz_checkpoint, run_folder
 from clipclop_jax.runs.batch import generate_batch
 from clipclop_jax.runs.generate import resume
 from clipclop_jax.runs.interrupt import RunInterrupted
@@ -262,7 +262,7 @@ def test_a_checkpoint_holding_a_pickle_is_refused_with_our_own_advice(tmp_path):
     folder = tmp_path / "checkpoints"
     folder.mkdir()
     path = folder / "step-000000010.npz"
-    meta = json.dumps({"format": checkpoint.FORMAT, "step": 10, "paths": ["[0]"]})
+    meta = json.dumps({"format": npz_checkpoint.FORMAT, "step": 10, "paths": ["[0]"]})
     np.savez(path, meta=np.asarray(meta), leaf_0000=np.asarray([{"a": 1}], object))
     with pytest.raises(ValueError, match="delete it or resume from an older checkpoint") as error:
         checkpoint.load_checkpoint(path)
@@ -367,6 +367,7 @@ USER_FILES = [
     "frames/my-holiday.png",
     "checkpoints/README.txt",
     "checkpoints/step-1.npz.bak",
+    "checkpoints/step_000000050/mine.txt",  # an orbax-like name, but not orbax's content
     "tiles/README.txt",
     "tiles/r0c0/notes.txt",
     "tiles/r0c0/frames/mine.png",
@@ -382,6 +383,12 @@ RUN_FILES = [
     "evolution.mp4",
     ".tmp-abcd1234collage.png",
     "checkpoints/step-000000010.npz",
+    "checkpoints/step_000000010/state/manifest.ocdbt",
+    "checkpoints/step_000000010/meta/metadata",
+    "checkpoints/step_000000010/_CHECKPOINT_METADATA",
+    "checkpoints/step_000000020.orbax-checkpoint-tmp/state/d/0123",
+    "checkpoints/.deleted/step_000000001/state/manifest.ocdbt",
+    "tiles/r0c0/checkpoints/step_000000010/commit_success.txt",
     "frames/step-000000010.png",
     "tiles/r0c0/collage.png",
     "tiles/r0c0/checkpoints/step-000000010.npz",

@@ -26,12 +26,28 @@ def add_batch_parser(subparsers) -> argparse.ArgumentParser:
         "from --config FILE (if given), then the options, then --set.",
     )
     batch.set_defaults(command="batch")
-    batch.add_argument("prompts", metavar="PROMPTS", help="text file, one prompt per line")
+    batch.add_argument(
+        "prompts", metavar="PROMPTS", nargs="?", help="text file, one prompt per line"
+    )
     batch.add_argument("--out", required=True, help="output folder")
     batch.add_argument(
         "--overwrite",
         action="store_true",
-        help="reuse the prompts' folders of an earlier batch in --out, replacing their runs",
+        help="run every prompt again, replacing the runs of an earlier batch in --out "
+        "(without it, finished prompts are skipped and stopped ones resumed)",
+    )
+    batch.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="run only part I of N (counted from 0): prompts I, I+N, I+2N, ... For job "
+        "arrays (SLURM --array=0-N-1 with --shard $SLURM_ARRAY_TASK_ID/N); each part writes "
+        "summary-shard-I-of-N.csv/.json; then --merge",
+    )
+    batch.add_argument(
+        "--merge",
+        action="store_true",
+        help="gather the shards' summaries in --out into summary.csv, summary.json and "
+        "contact-sheet.png (no PROMPTS needed)",
     )
     batch.add_argument("--quiet", action="store_true", help="no progress bar")
     add_config_options(batch)
@@ -54,8 +70,27 @@ def run_batch(args: argparse.Namespace) -> int:
     """Runs the batch; 0 if every prompt succeeded, 1 if any failed."""
     from tqdm.auto import tqdm
 
-    from clipclop_jax.runs.batch import SUMMARY_CSV, generate_batch, read_prompts
+    from clipclop_jax.runs.batch import (
+        SUMMARY_CSV,
+        generate_batch,
+        merge_shards,
+        parse_shard,
+        read_prompts,
+    )
 
+    if args.merge:
+        if args.shard is not None:
+            raise ValueError("--merge gathers every shard: drop --shard.")
+        items = merge_shards(args.out)
+        failed = sum(not item.ok for item in items)
+        print(
+            f"{len(items) - failed} of {len(items)} prompts made collages; summary in "
+            f"{args.out}/{SUMMARY_CSV}"
+        )
+        return 1 if failed else 0
+    shard = None if args.shard is None else parse_shard(args.shard)  # before any work
+    if args.prompts is None:
+        raise ValueError("clipclop batch needs PROMPTS (a text file), or --merge.")
     prompts = read_prompts(args.prompts)
     config = config_from_args(args)
     steps = config.optim.steps
@@ -71,12 +106,18 @@ def run_batch(args: argparse.Namespace) -> int:
 
     with bar:
         items = generate_batch(
-            prompts, config, args.out, progress_fn=update, overwrite=args.overwrite
+            prompts,
+            config,
+            args.out,
+            progress_fn=update,
+            overwrite=args.overwrite,
+            shard=shard,
         )
     failed = [item for item in items if not item.ok]
     for item in failed:
         print(f"clipclop: prompt {item.index + 1} {item.prompt!r}: {item.error}", file=sys.stderr)
     done = len(items) - len(failed)
-    summary = f"{args.out}/{SUMMARY_CSV}"
+    name = SUMMARY_CSV if shard is None else f"summary{shard.suffix}.csv"
+    summary = f"{args.out}/{name}"
     print(f"{done} of {len(items)} prompts made collages; summary in {summary}")
     return 1 if failed else 0

@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"clipclop-jax {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    add_generate_parser(commands)
+    add_distributed_option(add_generate_parser(commands))
     res = commands.add_parser(
         "resume",
         help="continue an interrupted run",
@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the run's CLIP model folder is now, if it moved (must be the same weights)",
     )
     res.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_distributed_option(res)
     bl = commands.add_parser(
         "blend",
         help="blend a finished run's collage again",
@@ -201,6 +202,41 @@ def _report_stop(stopped, signum: int | None) -> None:
         print(f"clipclop: {line}", file=sys.stderr)
 
 
+def add_distributed_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--distributed",
+        nargs="?",
+        const="auto",
+        metavar="HOST:PORT,N,I",
+        help="one process of a multi-process run (docs/devices.md): jax.distributed.initialize "
+        "first, found from the environment on Cloud TPU, SLURM, Kubernetes and Open MPI, or "
+        "given as the coordinator's HOST:PORT, the process count N and this process's index I",
+    )
+
+
+def join_processes(spec: str) -> None:
+    """``jax.distributed.initialize`` from ``--distributed``'s value, before any JAX work.
+
+    Raises:
+      ValueError: the value is not "auto" or HOST:PORT,N,I with 0 <= I < N.
+    """
+    import jax
+
+    if spec == "auto":
+        jax.distributed.initialize()
+        return
+    parts = spec.split(",")
+    if len(parts) != 3 or not parts[1].strip().isdigit() or not parts[2].strip().isdigit():
+        raise ValueError(
+            f"--distributed {spec!r}: give HOST:PORT,N,I (e.g. 10.0.0.2:1234,4,0), or no value "
+            "to find them from the environment."
+        )
+    address, count, index = parts[0].strip(), int(parts[1]), int(parts[2])
+    if not 0 <= index < count:
+        raise ValueError(f"--distributed {spec!r}: the process index I must be 0..{count - 1}.")
+    jax.distributed.initialize(address, num_processes=count, process_id=index)
+
+
 def _check_out(args: argparse.Namespace) -> None:
     # An empty --out would surface much later as "[Errno 2] No such file or directory: ''".
     out = getattr(args, "out", None)
@@ -228,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         _check_out(args)
+        if getattr(args, "distributed", None):
+            join_processes(args.distributed)
         if args.command == "generate":
             return run_generate(args)
         if args.command == "resume":

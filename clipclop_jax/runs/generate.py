@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from clipclop_jax import io
-from clipclop_jax.runs import checkpoint, preflight, run_folder, video
+from clipclop_jax.runs import checkpoint, preflight, processes, run_folder, video
 from clipclop_jax.runs.chunks import ProgressFn, compiled_chunk, run_chunks
 from clipclop_jax.runs.interrupt import RunInterrupted
 from clipclop_jax.runs.outputs import (
@@ -115,12 +115,18 @@ def start_run(
     preflight.check_run(config)
     if out_dir is not None:
         video.check_video_support(gif=config.output.gif, mp4=config.output.mp4)
-        run_folder.prepare_output_folder(
-            out_dir, overwrite=overwrite, needed_bytes=estimate_output_bytes(config)
+        # Checked (and with overwrite emptied) by process 0 alone, before any process writes
+        # there; its refusal stops every process.
+        needed = estimate_output_bytes(config)
+        processes.on_writer(
+            "clipclop-folder-ready",
+            lambda: run_folder.prepare_output_folder(
+                out_dir, overwrite=overwrite, needed_bytes=needed
+            ),
         )
     resources = resources or load_resources(config)
     run = prepare_run(config, resources, canvas_background)
-    if out_dir is not None:
+    if out_dir is not None and processes.is_writer():
         # Only now: a typo in the patches or background leaves the folder empty for a retry.
         config_path = os.path.join(out_dir, run_folder.CONFIG_FILE)
         io.atomic_write_bytes(config_path, config_json(config))
@@ -202,7 +208,9 @@ def open_run(
         model_fingerprint=model_fingerprint(resources.perceptor),
     )
     run = prepare_run(config, resources)
-    state = checkpoint.restore_state(saved, state_template(config))
+    # Read straight into this run's shardings: the run may continue on another device or
+    # process count than it was saved on.
+    state = checkpoint.restore_state(saved, state_template(config), mesh=run.mesh)
     checkpoint.discard_newer(out_dir, saved.step)
     if config != original:
         # Relinked: the checkpoint records the new place at once, so that the next resume
@@ -233,6 +241,7 @@ def drive_run(
     """Places the run state on the run's mesh, drives it to ``optim.steps`` and writes the
     run's files."""
     run, state, files, chunk = place_run(config, resources, run, state, out_dir)
+    should_stop = processes.agreed(should_stop)
     state, history = run_chunks(
         chunk,
         state,
@@ -267,6 +276,11 @@ def place_run(
         resources.library.num_patches,
         config.regions,
     )
+    if jax.process_count() > 1:
+        # Compiled before any process runs it, then started together: gloo, the CPU
+        # collectives, gives up on a peer more than 30 s late, as a slower compile can be.
+        chunk.lower(state, run.guidance, jnp.asarray(1, jnp.int32)).compile()
+        processes.sync("clipclop-chunk-compiled")
     return run, state, files, chunk
 
 

@@ -7,7 +7,7 @@ import os
 import numpy as np
 
 from clipclop_jax.collage.hires import render_high_res
-from clipclop_jax.runs import checkpoint, run_folder, video
+from clipclop_jax.runs import checkpoint, processes, run_folder, video
 from clipclop_jax.runs.interrupt import FinalRenderError
 from clipclop_jax.runs.outputs import (
     GenerateResult,
@@ -34,7 +34,10 @@ class RunFiles:
         self.previous = int(state.step)
         self.saved_step = self.previous if checkpoint.latest_checkpoint(out_dir) else -1
         output = config.output
-        self.frames = output.gif or output.mp4
+        # Every process checkpoints (each its share of the state); process 0 alone writes
+        # the folder's other files.
+        self.writer = processes.is_writer()
+        self.frames = (output.gif or output.mp4) and self.writer
         # More for every checkpoint's meta record (a studio session's count of edits done).
         self.extra_meta: dict = {}
 
@@ -74,7 +77,7 @@ class RunFiles:
             self.saved_step = step
         best, loss = best_collage(state), float(state.best_loss)
         scored = bool(np.isfinite(loss))
-        if scored:
+        if scored and self.writer:
             write_params(self.out_dir, self.config, best, loss, self.resources.library)
         try:
             image = final_image(self.config, self.resources.library, best, self.run.background_key)
@@ -88,7 +91,7 @@ class RunFiles:
                 saved=[params, path] if scored else [path],
             ) from error
         result = GenerateResult(image, best, loss, history, None)
-        if scored:
+        if scored and self.writer:
             write_image(self.out_dir, self.config, image)
         return path, result
 

@@ -30,6 +30,7 @@ CONFIG_FILE = "config.json"
 COLLAGE_FILE = "collage.png"
 PARAMS_FILE = "params.npz"
 CHECKPOINT_DIR = "checkpoints"
+DELETED_DIR = ".deleted"  # in checkpoints/: old steps on their way out (checkpoint.py)
 FRAME_DIR = "frames"
 GIF_FILE = "evolution.gif"
 MP4_FILE = "evolution.mp4"
@@ -93,6 +94,8 @@ def remove_run_files(out_dir: str | os.PathLike) -> None:
         path = os.path.join(out_dir, folder)
         if os.path.isdir(path):
             _remove_matching(path, _own(pattern))
+            if folder == CHECKPOINT_DIR:
+                _remove_checkpoint_folders(path)
             _remove_if_empty(path)
     tiles = os.path.join(out_dir, TILE_DIR)
     if os.path.isdir(tiles):
@@ -110,6 +113,32 @@ def _remove_matching(folder: str, pattern: re.Pattern) -> None:
         # A link is removed, never what it points to; a folder with our name is not ours.
         if pattern.fullmatch(name) and (os.path.islink(path) or not os.path.isdir(path)):
             os.remove(path)
+
+
+# An orbax step folder (checkpoint.py), finished or left half-written by a kill, or one that
+# a studio edit was rewriting: ours if it holds nothing but what orbax writes.
+_CHECKPOINT_FOLDER = re.compile(
+    r"step_\d+(?:\.orbax-checkpoint-tmp.*|\.clipclop-(?:new|old))?"
+)
+_CHECKPOINT_CONTENT = re.compile(
+    r"state|meta|_CHECKPOINT_METADATA|commit_success\.txt|.*\.orbax-checkpoint-tmp.*"
+)
+
+
+def _remove_checkpoint_folders(folder: str) -> None:
+    for name in os.listdir(folder):
+        path = os.path.join(folder, name)
+        if (
+            _CHECKPOINT_FOLDER.fullmatch(name)
+            and os.path.isdir(path)
+            and not os.path.islink(path)
+            and all(_CHECKPOINT_CONTENT.fullmatch(n) for n in os.listdir(path))
+        ):
+            shutil.rmtree(path)
+    deleted = os.path.join(folder, DELETED_DIR)
+    if os.path.isdir(deleted) and not os.path.islink(deleted):
+        _remove_checkpoint_folders(deleted)
+        _remove_if_empty(deleted)
 
 
 def _remove_if_empty(folder: str) -> None:

@@ -84,9 +84,15 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def shard_run_state(state, mesh: Mesh):
     """Places a ``RunState``: population, optimiser state and losses split on their leading
     axis; the key, step and best-so-far replicated."""
-    split, whole = population_sharding(mesh), replicated(mesh)
     check_population_fits(state.losses.shape[0], mesh)
-    placement = state._replace(
+    return put(state, run_state_shardings(state, mesh))
+
+
+def run_state_shardings(state, mesh: Mesh):
+    """The ``NamedSharding`` of every leaf of a ``RunState`` (or of its ``jax.eval_shape``),
+    as ``shard_run_state`` places it; a checkpoint restores straight into these."""
+    split, whole = population_sharding(mesh), replicated(mesh)
+    return state._replace(
         population=jax.tree.map(lambda _: split, state.population),
         opt_state=jax.tree.map(lambda leaf: split if np.ndim(leaf) else whole, state.opt_state),
         key=whole,
@@ -97,7 +103,6 @@ def shard_run_state(state, mesh: Mesh):
         frozen=split,
         hidden=split,
     )
-    return jax.device_put(state, placement)
 
 
 def place(state, guidance, mesh: Mesh):
@@ -112,4 +117,33 @@ def place(state, guidance, mesh: Mesh):
 
 def replicate(tree, mesh: Mesh):
     """Copies a pytree (CLIP weights, patch library, text embeddings) to every device."""
-    return jax.device_put(tree, replicated(mesh))
+    return put(tree, replicated(mesh))
+
+
+def put(tree, shardings):
+    """``jax.device_put`` that also places onto devices of other processes.
+
+    ``jax.device_put`` refuses a sharding over non-addressable devices (a multi-process
+    run's mesh). There every process holds the same whole value (each computed it, or read
+    it, itself), so each builds its own shards from it: ``jax.make_array_from_callback``.
+    An array already placed as asked stays as it is.
+
+    Args:
+      tree: a pytree of arrays (typed PRNG keys too); ``shardings``: one sharding, or a
+        pytree of them with ``tree``'s structure.
+    """
+    if isinstance(shardings, jax.sharding.Sharding):
+        shardings = jax.tree.map(lambda _: shardings, tree)
+    return jax.tree.map(_put_leaf, tree, shardings)
+
+
+def _put_leaf(leaf, sharding: jax.sharding.Sharding):
+    if sharding.is_fully_addressable:
+        return jax.device_put(leaf, sharding)
+    if isinstance(leaf, jax.Array) and leaf.sharding == sharding:
+        return leaf
+    if jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key):
+        data = _put_leaf(jax.random.key_data(leaf), sharding)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
+    host = np.asarray(leaf)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])

@@ -4,15 +4,24 @@ benchmark, the screenshot tool): as a user's machine would find one.
 ``find_chromium()``: ``$CLIPCLOP_CHROMIUM``, then ``$PLAYWRIGHT_CHROMIUM_EXECUTABLE``, then
 Debian's ``/usr/bin/chromium`` (or ``chromium-browser``), else None: Playwright's own
 (``playwright install chromium``). ``launch(playwright)`` starts it headless.
+
+``python -m clipclop_jax.studio.browser [--install]`` says which Chromium that is; with
+``--install`` and none found, installs one: Debian's package as root where apt-get exists
+(Playwright's own download is blocked on some networks that reach the package mirrors),
+otherwise Playwright's build. README's test command runs it first.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
+import subprocess
+import sys
 
 ENV_VARS = ("CLIPCLOP_CHROMIUM", "PLAYWRIGHT_CHROMIUM_EXECUTABLE")
 SYSTEM = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
+PLAYWRIGHTS_OWN = "Playwright's own (playwright install chromium)"
 
 
 def find_chromium() -> str | None:
@@ -39,3 +48,28 @@ def launch(playwright, **options):
     # --no-sandbox: CI containers run as root, where Chromium's sandbox refuses to start.
     args = ["--no-sandbox", *options.pop("args", [])]
     return playwright.chromium.launch(executable_path=path, headless=True, args=args, **options)
+
+
+def install_chromium() -> None:
+    """Install a Chromium for Playwright: Debian's as root with apt-get, else Playwright's."""
+    if os.name == "posix" and os.geteuid() == 0 and shutil.which("apt-get"):
+        subprocess.run(["apt-get", "update", "-qq"], check=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=True)
+    else:
+        subprocess.run([sys.executable, "-m", "playwright", "install", "chromium"], check=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Which Chromium the studio's page tests use.")
+    parser.add_argument("--install", action="store_true", help="install one when none is found")
+    options = parser.parse_args(argv)
+    path = find_chromium()
+    if path is None and options.install:
+        install_chromium()
+        path = find_chromium()
+    print(f"chromium: {path or PLAYWRIGHTS_OWN}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -278,3 +278,16 @@ def test_the_browser_is_found_as_on_a_users_machine(monkeypatch, tmp_path):
     monkeypatch.delenv("PLAYWRIGHT_CHROMIUM_EXECUTABLE")
     found = find_chromium()
     assert found is None or os.path.isfile(found)  # the system's, else Playwright's own
+
+
+def test_without_the_studio_extra_the_command_names_it_in_one_line(monkeypatch, capsys, tmp_path):
+    # As after a plain `pip install clipclop-jax`: no starlette to import.
+    for name in list(sys.modules):
+        if name == "starlette" or name.startswith(("starlette.", "clipclop_jax.studio.server")):
+            monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "starlette", None)
+    assert main(["studio", "a red circle", "--out", str(tmp_path / "s")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "pip install 'clipclop-jax[studio]'" in error
+    assert "starlette" in error
+    assert not (tmp_path / "s").exists()  # refused before anything was made

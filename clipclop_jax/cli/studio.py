@@ -62,12 +62,18 @@ def add_studio_parser(commands) -> argparse.ArgumentParser:
 
 
 def run_studio(args: argparse.Namespace) -> int:
-    open_session = _session_opener(args)
-    from clipclop_jax.studio.server import StudioServer
-    from clipclop_jax.studio.worker import StudioWorker
-
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must be in 0..65535, not {args.port}.")
+    try:
+        from clipclop_jax.studio.server import StudioServer
+        from clipclop_jax.studio.worker import StudioWorker
+    except ModuleNotFoundError as error:
+        # The web server is an extra: a plain `pip install clipclop-jax` has no starlette.
+        raise ValueError(
+            f"the studio needs its web server ({error.name} is not installed): "
+            "pip install 'clipclop-jax[studio]'."
+        ) from error
+    open_session = _session_opener(args)
     print("clipclop: opening the session (the first chunk compiles: a minute or so on a CPU)")
     worker = StudioWorker(open_session, playing=not args.paused).start()
     try:

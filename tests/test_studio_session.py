@@ -262,6 +262,36 @@ def test_an_edit_logged_but_not_checkpointed_is_made_on_open(edited, resources, 
     assert reopened.view().frozen[0, 5] and reopened.step == session.step
 
 
+def test_an_edit_left_to_save_edits_is_restored_after_a_crash_before_or_after_a_chunk(
+    resources, tmp_path
+):
+    # The web worker checkpoints an edit only after sending its frame: until then the log
+    # alone must restore it, and a chunk's checkpoint in between must count it as held.
+    output = dataclasses.replace(CONFIG.output, checkpoint_every=4)
+    session = Session.create(
+        dataclasses.replace(CONFIG, output=output), tmp_path / "run", resources=resources
+    )
+    session.checkpoint_each_edit = False
+    session.advance(4)
+    moved_from = session.view().params.translation[0, 1]
+    session.apply({"op": "move", "member": 0, "patch": 1, "dx": 3.0, "dy": -2.0})
+    edited = session.view()
+    assert (edited.params.translation[0, 1] != moved_from).all()
+    shutil.copytree(session.out_dir, tmp_path / "before")  # died before a checkpoint held it
+    session.advance(4)  # the step-8 checkpoint holds the edit
+    shutil.copytree(session.out_dir, tmp_path / "after")
+    for folder, expected in (("before", edited), ("after", session.view())):
+        reopened = Session.open(tmp_path / folder, resources=resources).view()
+        assert reopened.step == expected.step
+        for name in ("params", "patch_index", "frozen", "hidden", "history"):
+            for a, b in zip(
+                jax.tree.leaves(getattr(expected, name)),
+                jax.tree.leaves(getattr(reopened, name)),
+                strict=True,
+            ):
+                np.testing.assert_array_equal(a, b, err_msg=f"{folder}: {name}")
+
+
 def test_an_old_checkpoint_restores_with_no_frozen_or_hidden_patch():
     folder = os.path.join(os.path.dirname(__file__), "data", "run-0.1.0-interrupted")
     saved = checkpoint.load_latest(folder)

@@ -100,6 +100,12 @@ class Session:
         self._log = list(log)
         self._undo: list[_Change] = []
         self._redo: list[_Change] = []
+        # True: each edit is checkpointed as it is made. The web worker sets False and calls
+        # save_edits() once it has sent the edited frame, so a checkpoint's write is not on
+        # the path from an edit to its picture: the log, written at once, already restores
+        # an edit that no checkpoint holds (see the replay below).
+        self.checkpoint_each_edit = True
+        self._edits_unsaved = False
         self._set_config(config)
         self._files.extra_meta = {EDITS_KEY: applied}
         if len(self._log) < applied:
@@ -375,7 +381,8 @@ class Session:
 
     def apply(self, edit: dict) -> None:
         """Checks an edit (``edits.OPS``, or ``{"op": "undo"}`` / ``{"op": "redo"}``) and
-        applies it; logged with its step, then checkpointed.
+        applies it; logged with its step, then checkpointed (with
+        ``checkpoint_each_edit`` False: by the next ``save_edits``, ``save`` or chunk).
 
         Raises:
           ValueError: one line naming what is wrong; nothing changes.
@@ -427,7 +434,11 @@ class Session:
         if log:
             self._log.append({**edit, "step": self.step})
             write_log(self.out_dir, self._log)
-            self.save()
+            # Any checkpoint of the state from now on (this edit's, or a chunk's) holds it.
+            self._files.extra_meta = {EDITS_KEY: len(self._log)}
+            self._edits_unsaved = True
+            if self.checkpoint_each_edit:
+                self.save()
 
     def _change(self, edit: dict) -> _Change:
         """Applies a checked edit; returns what undo needs."""
@@ -496,6 +507,12 @@ class Session:
             extra_meta=self._files.extra_meta,
         )
         self._files.saved_step = self.step
+        self._edits_unsaved = False
+
+    def save_edits(self) -> None:
+        """A checkpoint if an edit was made since the last one."""
+        if self._edits_unsaved:
+            self.save()
 
     def export(self, *, blend: bool = False) -> GenerateResult:
         """Writes what ``generate`` writes at the end of a run, for the best collage so far

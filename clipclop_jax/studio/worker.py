@@ -157,6 +157,8 @@ class StudioWorker:
             session.population_size, session.num_patches, session.library_size
         )
         self.config, self.out_dir = session.config, session.out_dir
+        # An edit's checkpoint is written after its frame is sent (below), not before.
+        session.checkpoint_each_edit = False
         self._stop_at = session.total_steps if session.step < session.total_steps else None
         self._ready.set()
         try:
@@ -165,6 +167,7 @@ class StudioWorker:
                 if self._stop.is_set():
                     break
                 self._publish(session, urgent_only=True)  # an edit shows at once
+                session.save_edits()  # then is checkpointed (the log already holds it)
                 if self.playing:
                     self._chunk(session)
                     self._publish(session, budgeted=self.playing)

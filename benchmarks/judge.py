@@ -17,9 +17,11 @@ judge, where there is internet). The default judge, ``benchmarks/judge_clip``, i
 demo CLIP of another seed and vision architecture (docs/demo_model.md, "The judge"); it is
 never used for guidance.
 
-Writes ``results.json`` (settings, per-prompt readings, accuracies) and ``sheet.png`` (each
-collage labelled with its prompt and what the judge read) into ``--out``, and prints a
-Markdown table for benchmarks/README.md.
+Writes ``results.json`` (settings, per-prompt readings, accuracies), ``sheet.png`` (each
+collage labelled with its prompt and what the judge read) and ``collages/NN.png`` (each final
+collage, its prompt, guide and steps in its text chunks) into ``--out``, and prints a Markdown
+table for benchmarks/README.md. ``--rejudge`` reads the collages a previous run left there
+with another judge instead of making them again.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from clipclop_jax import GenerateConfig, OptimConfig, PerceptorError, generate, 
 from clipclop_jax.guidance.demo_data.captions import COLOUR_NAMES
 from clipclop_jax.guidance.demo_data.drawing import SHAPES
 from clipclop_jax.guidance.demo_data.zero_shot import read_colour_and_shape, zero_shot_prompts
-from clipclop_jax.io import atomic_write_bytes, to_uint8
+from clipclop_jax.io import atomic_write_bytes, png_text, read_rgba, save_png, to_uint8
 from clipclop_jax.library.contact_sheet import save_contact_sheet
 from clipclop_jax.runs.resources import Resources, load_patch_library
 
@@ -85,6 +87,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=300, help="optimisation steps per collage")
     parser.add_argument("--prompts", type=int, default=16, help=f"how many prompts (1-{CLASSES})")
     parser.add_argument("--out", default="out/judge", help="folder for results.json, sheet.png")
+    parser.add_argument(
+        "--rejudge",
+        action="store_true",
+        help="read the collages a previous run with the same guide, steps and prompts saved in "
+        "--out/collages instead of making them",
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.prompts <= CLASSES:
         parser.error(f"--prompts {args.prompts}: give 1 to {CLASSES} (there are {CLASSES}).")
@@ -96,7 +104,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     os.makedirs(args.out, exist_ok=True)
     if not os.access(args.out, os.W_OK):
         parser.error(f"--out {args.out!r} is not writable: give another folder.")
+    if args.rejudge:
+        for index, (prompt, _, _) in enumerate(chosen_prompts(args.prompts)):
+            path = collage_path(args.out, index)
+            made = collage_text(args.guide, args.steps, prompt)
+            if not path.is_file() or {k: png_text(path).get(k) for k in made} != made:
+                parser.error(
+                    f"--rejudge: {path} is missing or was not made by guide {args.guide} with "
+                    f"{args.steps} steps for {prompt!r}: run once without --rejudge."
+                )
     return args
+
+
+def collage_path(out: str, index: int) -> pathlib.Path:
+    return pathlib.Path(out) / "collages" / f"{index:02d}.png"
+
+
+def collage_text(guide: str, steps: int, prompt: str) -> dict[str, str]:
+    """What a saved collage records of how it was made, to check before ``--rejudge``."""
+    return {"guide": guide, "steps": str(steps), "prompt": prompt}
 
 
 def main(argv=None) -> None:
@@ -116,8 +142,18 @@ def main(argv=None) -> None:
     rows, images = [], []
     for index, (prompt, colour, shape) in enumerate(chosen_prompts(args.prompts)):
         began = time.time()
-        result = generate(dataclasses.replace(base, prompt=prompt), resources=resources)
-        judged, own = judge.read(result.image), guide_reader.read(result.image)
+        path = collage_path(args.out, index)
+        if args.rejudge:
+            image = read_rgba(path)[0][..., :3].astype(np.float32) / 255.0
+            loss, seconds = float(png_text(path)["loss"]), float(png_text(path)["seconds"])
+        else:
+            result = generate(dataclasses.replace(base, prompt=prompt), resources=resources)
+            image, loss, seconds = result.image, float(result.loss), time.time() - began
+            made = collage_text(args.guide, args.steps, prompt)
+            save_png(path, image, text=dict(made, loss=repr(loss), seconds=f"{seconds:.1f}"))
+            # Read as saved (8 bits), so --rejudge of this collage reads the same pixels.
+            image = to_uint8(image).astype(np.float32) / 255.0
+        judged, own = judge.read(image), guide_reader.read(image)
         rows.append(
             dict(
                 prompt=prompt,
@@ -129,14 +165,14 @@ def main(argv=None) -> None:
                 judge_shape_ok=judged[1] == shape,
                 guide_colour_ok=own[0] == colour,
                 guide_shape_ok=own[1] == shape,
-                loss=float(result.loss),
-                seconds=round(time.time() - began, 1),
+                loss=loss,
+                seconds=round(seconds, 1),
             )
         )
-        images.append(result.image)
+        images.append(image)
         print(
             f"[{index + 1}/{args.prompts}] {prompt!r}: judge reads {name(*judged)!r}, guide "
-            f"reads {name(*own)!r} ({time.time() - began:.1f} s)",
+            f"reads {name(*own)!r} ({seconds:.1f} s)",
             flush=True,
         )
 

@@ -2,8 +2,9 @@
 
 ``zero_shot_prompts`` are the class prompts "a {colour} {shape}"; ``zero_shot_accuracy``
 scores images against all of them and marginalises the other attribute. The training tool
-reports it during training and ``tests/test_demo_clip.py`` checks the bundled model with it.
-Another measure of a CLIP on this data goes here beside it.
+reports it during training and ``tests/test_demo_clip.py`` checks the bundled model with it;
+``read_colour_and_shape`` is the reading itself (``benchmarks/judge.py`` reads collages with
+it). Another measure of a CLIP on this data goes here beside it.
 """
 
 from __future__ import annotations
@@ -44,12 +45,30 @@ def zero_shot_accuracy(
     Returns:
       {"colour": accuracy, "shape": accuracy} as floats in [0, 1].
     """
-    text = np.asarray(embed_texts(zero_shot_prompts()), np.float32)
-    logits = scale * np.asarray(image_embeds, np.float32) @ text.T
+    text = embed_texts(zero_shot_prompts())
+    colour, shape = read_colour_and_shape(image_embeds, text, scale=scale)
+    return {
+        "colour": float(np.mean(colour == batch.labels.colour[:, 0])),
+        "shape": float(np.mean(shape == batch.labels.shape[:, 0])),
+    }
+
+
+def read_colour_and_shape(
+    image_embeds: jax.typing.ArrayLike, text_embeds: jax.typing.ArrayLike, *, scale: float = 100.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """The colour and shape a CLIP reads in each image, zero-shot.
+
+    Args:
+      image_embeds: [N, D] L2-normalised image embeddings.
+      text_embeds: [C * S, D] L2-normalised embeddings of ``zero_shot_prompts()``.
+      scale: logit scale (CLIP's 100).
+
+    Returns:
+      ([N] colour indices into ``COLOUR_NAMES``, [N] shape indices into ``SHAPES``): each the
+      best log-sum-exp of its prompts over the other attribute.
+    """
+    logits = scale * np.asarray(image_embeds, np.float32) @ np.asarray(text_embeds, np.float32).T
     logits = logits.reshape(len(logits), len(COLOUR_NAMES), len(SHAPES))
     colour_score = np.asarray(jax.nn.logsumexp(logits, axis=2))
     shape_score = np.asarray(jax.nn.logsumexp(logits, axis=1))
-    return {
-        "colour": float(np.mean(colour_score.argmax(1) == batch.labels.colour[:, 0])),
-        "shape": float(np.mean(shape_score.argmax(1) == batch.labels.shape[:, 0])),
-    }
+    return colour_score.argmax(1), shape_score.argmax(1)

@@ -1,0 +1,226 @@
+"""Do collages read as their prompt to a CLIP that did not make them?
+
+    python benchmarks/judge.py [--guide demo] [--judge benchmarks/judge_clip] [--steps 300]
+        [--prompts 16] [--out out/judge]
+
+For ``--prompts`` N colour x shape prompts ("a red circle", stratified: prompt i has colour
+i mod 8 and shape i mod 7, so every colour and shape comes up), makes a collage with the guide
+at the README's default settings (``clipclop generate PROMPT --steps 300``: only the prompt
+and the step count differ from ``GenerateConfig()``), then reads each final collage with the
+judge, and with the guide itself, against all 56 prompts "a {colour} {shape}"
+(``zero_shot.read_colour_and_shape``). A guide that only fools itself scores high on its own
+reading and low on the judge's.
+
+``--guide`` and ``--judge`` take anything ``load_perceptor`` does: "demo", a save_pretrained
+folder or a Hugging Face name (openai/clip-vit-base-patch32 as guide and a larger CLIP as
+judge, where there is internet). The default judge, ``benchmarks/judge_clip``, is a second
+demo CLIP of another seed and vision architecture (docs/demo_model.md, "The judge"); it is
+never used for guidance.
+
+Writes ``results.json`` (settings, per-prompt readings, accuracies), ``sheet.png`` (each
+collage labelled with its prompt and what the judge read) and ``collages/NN.png`` (each final
+collage, its prompt, guide and steps in its text chunks) into ``--out``, and prints a Markdown
+table for benchmarks/README.md. ``--rejudge`` reads the collages a previous run left there
+with another judge instead of making them again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import pathlib
+import platform
+import sys
+import time
+
+import jax
+import numpy as np
+
+from clipclop_jax import GenerateConfig, OptimConfig, PerceptorError, generate, load_perceptor
+from clipclop_jax.guidance.demo_data.captions import COLOUR_NAMES
+from clipclop_jax.guidance.demo_data.drawing import SHAPES
+from clipclop_jax.guidance.demo_data.zero_shot import read_colour_and_shape, zero_shot_prompts
+from clipclop_jax.io import atomic_write_bytes, png_text, read_rgba, save_png, to_uint8
+from clipclop_jax.library.contact_sheet import save_contact_sheet
+from clipclop_jax.runs.resources import Resources, load_patch_library
+
+JUDGE_FOLDER = pathlib.Path(__file__).resolve().parent / "judge_clip"
+CLASSES = len(COLOUR_NAMES) * len(SHAPES)
+SHEET_CELL = 160
+
+
+def chosen_prompts(count: int) -> list[tuple[str, int, int]]:
+    """(prompt, colour index, shape index) for prompt i = colour i mod 8, shape i mod 7: all
+    distinct up to 56, and every colour and shape is used once ``count`` >= 8."""
+    prompts = zero_shot_prompts()
+    chosen = []
+    for i in range(count):
+        colour, shape = i % len(COLOUR_NAMES), i % len(SHAPES)
+        chosen.append((prompts[colour * len(SHAPES) + shape], colour, shape))
+    return chosen
+
+
+class Reader:
+    """One CLIP's zero-shot reading of [H, W, 3] images as (colour, shape) indices."""
+
+    def __init__(self, perceptor):
+        self.perceptor = perceptor
+        self.text = perceptor.embed_text(zero_shot_prompts())
+        self.embed = jax.jit(lambda params, images: perceptor.embed_images(params, images))
+
+    def read(self, image: np.ndarray) -> tuple[int, int]:
+        embeds = self.embed(self.perceptor.params, np.asarray(image, np.float32)[None])
+        colour, shape = read_colour_and_shape(embeds, self.text)
+        return int(colour[0]), int(shape[0])
+
+
+def name(colour: int, shape: int) -> str:
+    return f"{COLOUR_NAMES[colour]} {SHAPES[shape]}"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--guide", default="demo", help="CLIP that makes the collages")
+    parser.add_argument("--judge", default=str(JUDGE_FOLDER), help="CLIP that reads them")
+    parser.add_argument("--steps", type=int, default=300, help="optimisation steps per collage")
+    parser.add_argument("--prompts", type=int, default=16, help=f"how many prompts (1-{CLASSES})")
+    parser.add_argument("--out", default="out/judge", help="folder for results.json, sheet.png")
+    parser.add_argument(
+        "--rejudge",
+        action="store_true",
+        help="read the collages a previous run with the same guide, steps and prompts saved in "
+        "--out/collages instead of making them",
+    )
+    args = parser.parse_args(argv)
+    if not 1 <= args.prompts <= CLASSES:
+        parser.error(f"--prompts {args.prompts}: give 1 to {CLASSES} (there are {CLASSES}).")
+    if args.steps < 1:
+        parser.error(f"--steps {args.steps}: give at least 1.")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        parser.error(f"--out {args.out!r} is a file: give a folder.")
+    # Fails here, before any model loads, if the folder cannot be written.
+    os.makedirs(args.out, exist_ok=True)
+    if not os.access(args.out, os.W_OK):
+        parser.error(f"--out {args.out!r} is not writable: give another folder.")
+    if args.rejudge:
+        for index, (prompt, _, _) in enumerate(chosen_prompts(args.prompts)):
+            path = collage_path(args.out, index)
+            made = collage_text(args.guide, args.steps, prompt)
+            if not path.is_file() or {k: png_text(path).get(k) for k in made} != made:
+                parser.error(
+                    f"--rejudge: {path} is missing or was not made by guide {args.guide} with "
+                    f"{args.steps} steps for {prompt!r}: run once without --rejudge."
+                )
+    return args
+
+
+def collage_path(out: str, index: int) -> pathlib.Path:
+    return pathlib.Path(out) / "collages" / f"{index:02d}.png"
+
+
+def collage_text(guide: str, steps: int, prompt: str) -> dict[str, str]:
+    """What a saved collage records of how it was made, to check before ``--rejudge``."""
+    return {"guide": guide, "steps": str(steps), "prompt": prompt}
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    base = GenerateConfig(model=args.guide, optim=OptimConfig(steps=args.steps))
+    start = time.time()
+    try:
+        judge = Reader(load_perceptor(args.judge))
+        guide = load_perceptor(args.guide)
+    except PerceptorError as error:
+        sys.exit(f"judge.py: {error}")
+    # Loaded once: every prompt's run shares the model, library and compiled programs.
+    resources = Resources(guide, load_patch_library(base))
+    guide_reader = Reader(guide)
+    print(f"loaded guide {args.guide} and judge {args.judge} in {time.time() - start:.1f} s")
+
+    rows, images = [], []
+    for index, (prompt, colour, shape) in enumerate(chosen_prompts(args.prompts)):
+        began = time.time()
+        path = collage_path(args.out, index)
+        if args.rejudge:
+            image = read_rgba(path)[0][..., :3].astype(np.float32) / 255.0
+            loss, seconds = float(png_text(path)["loss"]), float(png_text(path)["seconds"])
+        else:
+            result = generate(dataclasses.replace(base, prompt=prompt), resources=resources)
+            image, loss, seconds = result.image, float(result.loss), time.time() - began
+            made = collage_text(args.guide, args.steps, prompt)
+            save_png(path, image, text=dict(made, loss=repr(loss), seconds=f"{seconds:.1f}"))
+            # Read as saved (8 bits), so --rejudge of this collage reads the same pixels.
+            image = to_uint8(image).astype(np.float32) / 255.0
+        judged, own = judge.read(image), guide_reader.read(image)
+        rows.append(
+            dict(
+                prompt=prompt,
+                colour=COLOUR_NAMES[colour],
+                shape=SHAPES[shape],
+                judge=name(*judged),
+                guide=name(*own),
+                judge_colour_ok=judged[0] == colour,
+                judge_shape_ok=judged[1] == shape,
+                guide_colour_ok=own[0] == colour,
+                guide_shape_ok=own[1] == shape,
+                loss=loss,
+                seconds=round(seconds, 1),
+            )
+        )
+        images.append(image)
+        print(
+            f"[{index + 1}/{args.prompts}] {prompt!r}: judge reads {name(*judged)!r}, guide "
+            f"reads {name(*own)!r} ({seconds:.1f} s)",
+            flush=True,
+        )
+
+    def accuracy(key: str) -> float:
+        return float(np.mean([row[key] for row in rows]))
+
+    summary = {
+        f"{who}_{what}": accuracy(f"{who}_{what}_ok")
+        for who in ("judge", "guide")
+        for what in ("colour", "shape")
+    }
+    results = dict(
+        guide=args.guide,
+        judge=args.judge,
+        steps=args.steps,
+        prompts=args.prompts,
+        config=base.to_dict(),
+        accuracy=summary,
+        seconds=round(time.time() - start, 1),
+        machine=f"{platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__} "
+        f"({jax.default_backend()})",
+        rows=rows,
+    )
+    out = pathlib.Path(args.out)
+    atomic_write_bytes(out / "results.json", json.dumps(results, indent=1).encode())
+    squares = [
+        np.concatenate([to_uint8(image), np.full(image.shape[:2] + (1,), 255, np.uint8)], -1)
+        for image in images
+    ]
+    captions = [f"{row['prompt']}\njudge: {row['judge']}" for row in rows]
+    save_contact_sheet(out / "sheet.png", squares, len(squares), cell=SHEET_CELL, captions=captions)
+
+    print()
+    print(f"guide {args.guide}, judge {args.judge}, {args.steps} steps, {args.prompts} prompts")
+    print()
+    print("| reader | colour top-1 | shape top-1 |")
+    print("|---|---|---|")
+    for who in ("judge", "guide"):
+        print(f"| {who} | {summary[who + '_colour']:.0%} | {summary[who + '_shape']:.0%} |")
+    print()
+    print("| prompt | judge reads | guide reads |")
+    print("|---|---|---|")
+    for row in rows:
+        print(f"| {row['prompt']} | {row['judge']} | {row['guide']} |")
+    print(
+        f"\n{time.time() - start:.0f} s in all; wrote {out / 'results.json'}, {out / 'sheet.png'}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -27,7 +27,7 @@ from clipclop_jax.runs.outputs import load_collage
 from clipclop_jax.studio.browser import launch
 from clipclop_jax.studio.server import StudioServer
 from clipclop_jax.studio.session import Session, read_log, replay
-from clipclop_jax.studio.worker import StudioWorker
+from clipclop_jax.studio.worker import StudioWorker, state_message
 
 CONFIG = GenerateConfig(
     prompt="a red circle",
@@ -139,6 +139,35 @@ def test_the_page_loads_and_draws_the_canvas(page):
     )
     assert drawn > 0  # the collage is there, not a blank canvas
     assert page.locator("#overlay polygon").count() == CONFIG.collage.num_patches
+
+
+def test_a_state_message_draws_again_only_when_its_picture_changed(studio):
+    def probe(session):
+        drawn, render = [], session.render
+        session.render = lambda member=None: drawn.append(member) or render(member)
+        pictures, messages = {}, []
+
+        def message(member, **changes):
+            text = state_message(
+                session, member, version=len(messages), playing=False, pictures=pictures, **changes
+            )
+            messages.append(json.loads(text))
+
+        try:
+            message(0)
+            message(0, steps_per_second=1.5)  # nothing in the picture changed: reused
+            message(1)  # another member
+            session.apply({"op": "move", "member": 1, "patch": 0, "dx": 4.0, "dy": 0.0})
+            message(1)  # an edit
+            session.undo()
+        finally:
+            del session.render
+        return drawn, messages
+
+    drawn, (first, same, other, moved) = studio.worker.call(probe)
+    assert drawn == [0, 1, 1]
+    assert same["frame"] == first["frame"] and same["steps_per_second"] == 1.5
+    assert other["shown"] == 1 and moved["outlines"][0] != other["outlines"][0]
 
 
 def test_dragging_a_patch_moves_it_by_the_pixels_dragged(page, studio):

@@ -187,6 +187,12 @@ class Session:
         return int(self._state.step)
 
     @property
+    def edits_made(self) -> int:
+        """How many entries the edit log holds (undo and redo count too): with ``step`` it
+        names the state, so a picture drawn at the same (step, edits_made) is still true."""
+        return len(self._log)
+
+    @property
     def total_steps(self) -> int:
         return self.config.optim.steps
 

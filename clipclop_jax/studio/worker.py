@@ -32,8 +32,10 @@ from clipclop_jax.studio.session import Session
 MAX_QUEUE = 256  # commands waiting for the end of a chunk
 PLOT_POINTS = 400  # loss history points in a state message
 # While playing, state messages (render, PNG, hit map) may take this share of the worker's
-# time; the rest steps. After an edit one is sent at once whatever it costs.
-FRAME_BUDGET = 0.04
+# time; the rest steps. The page's decoding and drawing of each one costs about as much
+# again on the same CPU, so the budget is half the 5 % an idle open page may cost
+# (benchmarks/studio.py). After an edit one is sent at once whatever it costs.
+FRAME_BUDGET = 0.02
 IDLE_WAIT = 0.25  # seconds a paused worker waits for a command before looking again
 
 Reply = Callable[[str], None]
@@ -69,7 +71,8 @@ class StudioWorker:
         self._dirty = True  # steps since the last state message
         self._urgent = True  # a command or a new page since then: publish at once
         self._last_publish = 0.0
-        self._publish_cost = 0.0  # seconds one state message takes (smoothed)
+        self._publish_cost = 0.0  # seconds one state message with a new picture takes (smoothed)
+        self._pictures: dict = {}  # state_message's last picture, reused while still true
 
     # -- the server's side ---------------------------------------------------------------
 
@@ -257,19 +260,26 @@ class StudioWorker:
         wait = self._publish_cost / FRAME_BUDGET
         if budgeted and not self._urgent and now - self._last_publish < wait:
             return
+        if budgeted and not self._commands.empty():
+            return  # a command waits: its message (at once, after it) shows this chunk too
         self._dirty = self._urgent = False
         self.version += 1
+        drawn_before = self._pictures.get("key")
         text = state_message(
             session,
             self.member,
             version=self.version,
             playing=self.playing,
             steps_per_second=self.steps_per_second,
+            pictures=self._pictures,
         )
         done = time.perf_counter()
         cost = done - now
         self.publish_seconds += cost
-        if self.version > 1:  # the first one compiles the renderer: not its running cost
+        drew = self._pictures.get("key") != drawn_before
+        # The first picture compiles the renderer (not its running cost); a reused one costs
+        # next to nothing and would understate what the next new picture will cost.
+        if drew and drawn_before is not None:
             smooth = 0.8 * self._publish_cost + 0.2 * cost
             self._publish_cost = smooth if self._publish_cost else cost
         self._last_publish = done
@@ -298,17 +308,25 @@ def state_message(
     version: int,
     playing: bool,
     steps_per_second: float = 0.0,
+    pictures: dict | None = None,
 ) -> str:
     """The session now as one JSON text: the shown member's frame (PNG, base64), outlines
     ([N][4][2] canvas pixels), hit map (int16 little-endian, base64, [H, W], -1 none),
-    frozen and hidden masks, losses, a thinned loss history, prompt, undo/redo."""
+    frozen and hidden masks, losses, a thinned loss history, prompt, undo/redo.
+
+    ``pictures``: a dict kept between calls, holding the last frame, hit map and outlines;
+    they are drawn again only when the step, the edits or the shown member changed (a play,
+    pause or export changes none of them, and drawing is most of a message's cost)."""
     view = session.view()
     shown = view.best_member if member is None else member
     height, width = session.config.collage.canvas_shape
-    image = session.render(shown)
-    png = io.BytesIO()
-    Image.fromarray(image).save(png, "PNG", compress_level=1)
-    hits = session.hit_map(shown).astype("<i2")
+    key = (view.step, session.edits_made, shown)
+    if pictures is not None and pictures.get("key") == key:
+        frame, hits, outlines = pictures["picture"]
+    else:
+        frame, hits, outlines = _picture(session, shown)
+        if pictures is not None:
+            pictures.update(key=key, picture=(frame, hits, outlines))
     history = view.history
     with warnings.catch_warnings():  # a step whose every loss is NaN plots as a gap
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -330,9 +348,9 @@ def state_message(
         "best_loss": protocol.finite(view.best_loss),
         "width": width,
         "height": height,
-        "frame": base64.b64encode(png.getvalue()).decode(),
-        "hits": base64.b64encode(hits.tobytes()).decode(),
-        "outlines": np.round(session.outlines(shown), 3).tolist(),
+        "frame": frame,
+        "hits": hits,
+        "outlines": outlines,
         "frozen": view.frozen[shown].tolist(),
         "hidden": view.hidden[shown].tolist(),
         "prompt": view.prompt,
@@ -342,6 +360,18 @@ def state_message(
         "out_dir": session.out_dir,
     }
     return json.dumps(message, allow_nan=False)
+
+
+def _picture(session: Session, shown: int) -> tuple[str, str, list]:
+    """A member's frame (PNG, base64), hit map (int16 little-endian, base64) and outlines."""
+    png = io.BytesIO()
+    Image.fromarray(session.render(shown)).save(png, "PNG", compress_level=1)
+    hits = session.hit_map(shown).astype("<i2")
+    return (
+        base64.b64encode(png.getvalue()).decode(),
+        base64.b64encode(hits.tobytes()).decode(),
+        np.round(session.outlines(shown), 3).tolist(),
+    )
 
 
 def _plot(history: np.ndarray) -> dict[str, list]:

@@ -248,9 +248,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         target[_HISTORY] = np.zeros(meta["history_shape"], np.float32)
         stored = _restore(path, {name: leaf for name, leaf in target.items() if leaf.size})
         tree = {**target, **stored}
-    except (KeyError, TypeError, ValueError, OSError) as error:
-        raise _unreadable(path, f"{type(error).__name__}: {str(error)[:200]}") from None
-    except Exception as error:  # tensorstore and orbax raise their own kinds
+    except Exception as error:  # ours (KeyError, ...) and tensorstore's and orbax's own kinds
         raise _unreadable(path, f"{type(error).__name__}: {str(error)[:200]}") from None
     leaves = [np.asarray(tree[f"leaf_{i:04d}"]) for i in range(len(meta["paths"]))]
     return Checkpoint(path, int(meta["step"]), leaves, np.asarray(tree[_HISTORY]), meta)

@@ -37,13 +37,17 @@ def sync(name: str) -> None:
     if jax.process_count() > 1:
         from jax._src import distributed
 
-        _counts[name] = _counts.get(name, 0) + 1  # a barrier's name is used once
-        distributed.global_state.client.wait_at_barrier(
-            f"clipclop:{name}:{_counts[name]}", SYNC_TIMEOUT_S * 1000
-        )
+        distributed.global_state.client.wait_at_barrier(_fresh_key(name), SYNC_TIMEOUT_S * 1000)
 
 
 _counts: dict[str, int] = {}
+
+
+def _fresh_key(name: str) -> str:
+    """A coordination-service key for the next meeting at ``name``: a barrier's or a
+    key's name is used once, and every process counts its meetings alike."""
+    _counts[name] = _counts.get(name, 0) + 1
+    return f"clipclop:{name}:{_counts[name]}"
 
 
 def on_writer(name: str, work: Callable[[], None]) -> None:
@@ -56,8 +60,7 @@ def on_writer(name: str, work: Callable[[], None]) -> None:
     from jax._src import distributed
 
     client = distributed.global_state.client
-    _counts[name] = _counts.get(name, 0) + 1
-    key = f"clipclop:{name}:{_counts[name]}"
+    key = _fresh_key(name)
     if is_writer():
         try:
             work()

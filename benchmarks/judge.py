@@ -1,12 +1,13 @@
 """Do collages read as their prompt to a CLIP that did not make them?
 
     python benchmarks/judge.py [--guide demo] [--judge benchmarks/judge_clip] [--steps 300]
-        [--prompts 16] [--out out/judge]
+        [--prompts 16] [--config FILE] [--set KEY=VALUE ...] [--out out/judge]
 
 For ``--prompts`` N colour x shape prompts ("a red circle", stratified: prompt i has colour
 i mod 8 and shape i mod 7, so every colour and shape comes up), makes a collage with the guide
 at the README's default settings (``clipclop generate PROMPT --steps 300``: only the prompt
-and the step count differ from ``GenerateConfig()``), then reads each final collage with the
+and the step count differ from ``GenerateConfig()``), or at the settings under test
+(``--config FILE`` and ``--set KEY=VALUE``, as ``clipclop generate`` takes them), then reads each final collage with the
 judge, and with the guide itself, against all 56 prompts "a {colour} {shape}"
 (``zero_shot.read_colour_and_shape``). A guide that only fools itself scores high on its own
 reading and low on the judge's.
@@ -38,12 +39,13 @@ import time
 import jax
 import numpy as np
 
-from clipclop_jax import GenerateConfig, OptimConfig, PerceptorError, generate, load_perceptor
+from clipclop_jax import GenerateConfig, PerceptorError, generate, load_perceptor
 from clipclop_jax.guidance.demo_data.captions import COLOUR_NAMES
 from clipclop_jax.guidance.demo_data.drawing import SHAPES
 from clipclop_jax.guidance.demo_data.zero_shot import read_colour_and_shape, zero_shot_prompts
 from clipclop_jax.io import atomic_write_bytes, png_text, read_rgba, save_png, to_uint8
 from clipclop_jax.library.contact_sheet import save_contact_sheet
+from clipclop_jax.runs import config_files
 from clipclop_jax.runs.resources import Resources, load_patch_library
 
 JUDGE_FOLDER = pathlib.Path(__file__).resolve().parent / "judge_clip"
@@ -87,6 +89,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=300, help="optimisation steps per collage")
     parser.add_argument("--prompts", type=int, default=16, help=f"how many prompts (1-{CLASSES})")
     parser.add_argument("--out", default="out/judge", help="folder for results.json, sheet.png")
+    parser.add_argument("--config", help="settings under test: a JSON/YAML file of generate's")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a setting under test by its dotted name, e.g. --set optim.num_crops=8 (repeatable)",
+    )
     parser.add_argument(
         "--rejudge",
         action="store_true",
@@ -94,6 +104,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--out/collages instead of making them",
     )
     args = parser.parse_args(argv)
+    try:
+        args.base = settings_under_test(args)
+    except ValueError as error:
+        parser.error(str(error))
     if not 1 <= args.prompts <= CLASSES:
         parser.error(f"--prompts {args.prompts}: give 1 to {CLASSES} (there are {CLASSES}).")
     if args.steps < 1:
@@ -107,11 +121,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.rejudge:
         for index, (prompt, _, _) in enumerate(chosen_prompts(args.prompts)):
             path = collage_path(args.out, index)
-            made = collage_text(args.guide, args.steps, prompt)
+            made = collage_text(args.base, prompt)
             if not path.is_file() or {k: png_text(path).get(k) for k in made} != made:
                 parser.error(
                     f"--rejudge: {path} is missing or was not made by guide {args.guide} with "
-                    f"{args.steps} steps for {prompt!r}: run once without --rejudge."
+                    f"these settings for {prompt!r}: run once without --rejudge."
                 )
     return args
 
@@ -120,18 +134,28 @@ def collage_path(out: str, index: int) -> pathlib.Path:
     return pathlib.Path(out) / "collages" / f"{index:02d}.png"
 
 
-def collage_text(guide: str, steps: int, prompt: str) -> dict[str, str]:
+def settings_under_test(args: argparse.Namespace) -> GenerateConfig:
+    """GenerateConfig(): then --guide and --steps, then --config FILE, then each --set."""
+    values = {"model": args.guide, "optim": {"steps": args.steps}}
+    if args.config:
+        values = config_files.merge(values, config_files.load_config_file(args.config))
+    values = config_files.merge(values, config_files.assignments(args.set))
+    return config_files.build_config(GenerateConfig, values, source="--config/--set")
+
+
+def collage_text(config: GenerateConfig, prompt: str) -> dict[str, str]:
     """What a saved collage records of how it was made, to check before ``--rejudge``."""
-    return {"guide": guide, "steps": str(steps), "prompt": prompt}
+    settings = dataclasses.replace(config, prompt=prompt).to_dict()
+    return {"guide": config.model, "prompt": prompt, "settings": json.dumps(settings)}
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    base = GenerateConfig(model=args.guide, optim=OptimConfig(steps=args.steps))
+    base = args.base
     start = time.time()
     try:
         judge = Reader(load_perceptor(args.judge))
-        guide = load_perceptor(args.guide)
+        guide = load_perceptor(base.model)
     except PerceptorError as error:
         sys.exit(f"judge.py: {error}")
     # Loaded once: every prompt's run shares the model, library and compiled programs.
@@ -149,7 +173,7 @@ def main(argv=None) -> None:
         else:
             result = generate(dataclasses.replace(base, prompt=prompt), resources=resources)
             image, loss, seconds = result.image, float(result.loss), time.time() - began
-            made = collage_text(args.guide, args.steps, prompt)
+            made = collage_text(base, prompt)
             save_png(path, image, text=dict(made, loss=repr(loss), seconds=f"{seconds:.1f}"))
             # Read as saved (8 bits), so --rejudge of this collage reads the same pixels.
             image = to_uint8(image).astype(np.float32) / 255.0
@@ -187,8 +211,9 @@ def main(argv=None) -> None:
     results = dict(
         guide=args.guide,
         judge=args.judge,
-        steps=args.steps,
+        steps=base.optim.steps,
         prompts=args.prompts,
+        settings_under_test=dict(config=args.config, set=args.set),
         config=base.to_dict(),
         accuracy=summary,
         seconds=round(time.time() - start, 1),
@@ -206,7 +231,9 @@ def main(argv=None) -> None:
     save_contact_sheet(out / "sheet.png", squares, len(squares), cell=SHEET_CELL, captions=captions)
 
     print()
-    print(f"guide {args.guide}, judge {args.judge}, {args.steps} steps, {args.prompts} prompts")
+    tested = " ".join(([f"--config {args.config}"] if args.config else []) + [f"--set {a}" for a in args.set])
+    print(f"guide {args.guide}, judge {args.judge}, {base.optim.steps} steps, {args.prompts} prompts"
+          + (f", {tested}" if tested else ", README defaults"))
     print()
     print("| reader | colour top-1 | shape top-1 |")
     print("|---|---|---|")

@@ -231,9 +231,13 @@ def main(argv=None) -> None:
     save_contact_sheet(out / "sheet.png", squares, len(squares), cell=SHEET_CELL, captions=captions)
 
     print()
-    tested = " ".join(([f"--config {args.config}"] if args.config else []) + [f"--set {a}" for a in args.set])
-    print(f"guide {args.guide}, judge {args.judge}, {base.optim.steps} steps, {args.prompts} prompts"
-          + (f", {tested}" if tested else ", README defaults"))
+    tested = " ".join(
+        ([f"--config {args.config}"] if args.config else []) + [f"--set {a}" for a in args.set]
+    )
+    print(
+        f"guide {args.guide}, judge {args.judge}, {base.optim.steps} steps, {args.prompts} prompts"
+        + (f", {tested}" if tested else ", README defaults")
+    )
     print()
     print("| reader | colour top-1 | shape top-1 |")
     print("|---|---|---|")

@@ -314,6 +314,30 @@ def test_perspective_probability_is_respected():
     assert abs(applied(0.5) - 0.5) < 0.05  # 4.5 standard deviations at 2000 draws
 
 
+def test_noise_is_zero_mean_of_its_std_and_leaves_the_geometry(image):
+    key = jax.random.key(3)
+    clean = random_augment(key, image, num_crops=8, output_size=OUT)
+    noisy = random_augment(
+        key, image, num_crops=8, output_size=OUT, config=AugmentConfig(noise=0.2)
+    )
+    again = random_augment(
+        key, image, num_crops=8, output_size=OUT, config=AugmentConfig(noise=0.2)
+    )
+    other = random_augment(
+        jax.random.key(4), image, num_crops=8, output_size=OUT, config=AugmentConfig(noise=0.2)
+    )
+    added = np.asarray(noisy - clean, np.float64)
+    # 8 x 20 x 28 x 3 = 13,440 draws: the sample mean's std is 0.2 / 116.
+    assert abs(added.mean()) < 0.01
+    assert added.std() == pytest.approx(0.2, rel=0.03)
+    # Independent per pixel and per crop: neighbours and crops are uncorrelated.
+    flat = added.reshape(8, -1)
+    assert abs(np.corrcoef(flat[0], flat[1])[0, 1]) < 0.1
+    assert abs(np.corrcoef(added[:, :, :-1].ravel(), added[:, :, 1:].ravel())[0, 1]) < 0.05
+    np.testing.assert_array_equal(noisy, again)
+    assert not np.allclose(noisy, other)
+
+
 # config
 
 
@@ -324,6 +348,7 @@ def test_defaults_are_the_originals():
     assert config.crop_scale == (0.7, 0.9)
     assert config.crop_ratio == pytest.approx((3 / 4, 4 / 3))
     assert config.fill == 1.0
+    assert config.noise == 0.0
 
 
 def test_config_lists_become_tuples():
@@ -348,6 +373,8 @@ def test_config_lists_become_tuples():
             r"pair \(float, float\)",
         ),
         ({"fill": float("nan")}, r"^fill=nan is out of range: use a finite number"),
+        ({"noise": -0.1}, r"^noise=-0\.1 is out of range: use a value in \[0, 1\]"),
+        ({"noise": 2.0}, r"^noise=2\.0 is out of range"),
     ],
 )
 def test_config_validation_names_field_value_and_range(kwargs, message):

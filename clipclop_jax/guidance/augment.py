@@ -51,6 +51,9 @@ class AugmentConfig:
         output, > 0 (original: torchvision's default (3/4, 4/3)).
       fill: value of output pixels that fall outside the warped image, every channel
         (original: 1, white).
+      noise: standard deviation of Gaussian noise added to every pixel of every crop, after
+        warping (original: 0, none). Noise the optimiser cannot predict makes pixel-level
+        patterns that fool only the guide worthless, so guidance leans on shapes and colours.
     """
 
     perspective_distortion: float = 0.6
@@ -58,6 +61,7 @@ class AugmentConfig:
     crop_scale: tuple[float, float] = (0.7, 0.9)
     crop_ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
     fill: float = 1.0
+    noise: float = 0.0
 
     def __post_init__(self):
         check_field_types(self)
@@ -72,8 +76,14 @@ class AugmentConfig:
             raise ValueError(f"crop_ratio={ratio} is out of range: use 0 < min <= max < inf.")
         if not math.isfinite(self.fill):
             raise ValueError(f"fill={self.fill!r} is out of range: use a finite number.")
+        if not 0.0 <= self.noise <= 1.0:
+            raise ValueError(f"noise={self.noise!r} is out of range: use a value in [0, 1].")
         object.__setattr__(self, "crop_scale", scale)
         object.__setattr__(self, "crop_ratio", ratio)
+
+
+# fold_in tag of the pixel-noise key (any constant other than the crops' draws would do).
+NOISE_STREAM = 0x6E6F6973
 
 
 def _check_unit(name: str, value: float) -> None:
@@ -145,7 +155,8 @@ def random_augment(
 
     Each crop is a random perspective followed by a random resized crop (see
     ``AugmentConfig``), composed into one homography and sampled once, bilinearly, with
-    ``config.fill`` outside the image. The same key gives the same crops. Write for one
+    ``config.fill`` outside the image, then given ``config.noise`` Gaussian pixel noise (if
+    any). The same key gives the same crops. Write for one
     image and ``jax.vmap`` over a population's keys and images.
 
     Args:
@@ -183,4 +194,9 @@ def random_augment(
     matrices = random_augment_matrices(
         key, image.shape[:2], num_crops=num_crops, output_size=(out_h, out_w), config=config
     )
-    return jax.vmap(lambda m: warp(image, m, (out_h, out_w), fill=config.fill))(matrices)
+    crops = jax.vmap(lambda m: warp(image, m, (out_h, out_w), fill=config.fill))(matrices)
+    if config.noise > 0.0:
+        # Its own stream, so that adding noise leaves the crops' geometry as it was.
+        noise_key = jax.random.fold_in(key, NOISE_STREAM)
+        crops = crops + config.noise * jax.random.normal(noise_key, crops.shape, crops.dtype)
+    return crops

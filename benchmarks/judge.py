@@ -6,11 +6,11 @@
 For ``--prompts`` N colour x shape prompts ("a red circle", stratified: prompt i has colour
 i mod 8 and shape i mod 7, so every colour and shape comes up), makes a collage with the guide
 at the README's default settings (``clipclop generate PROMPT --steps 300``: only the prompt
-and the step count differ from ``GenerateConfig()``), or at the settings under test
-(``--config FILE`` and ``--set KEY=VALUE``, as ``clipclop generate`` takes them), then reads each final collage with the
-judge, and with the guide itself, against all 56 prompts "a {colour} {shape}"
-(``zero_shot.read_colour_and_shape``). A guide that only fools itself scores high on its own
-reading and low on the judge's.
+and the step count differ from ``GenerateConfig()``) or at the settings under test
+(``--config FILE``, ``--set KEY=VALUE``, as ``clipclop generate`` takes them), then reads
+each final collage with the judge, and with the guide itself, against all 56 prompts
+"a {colour} {shape}" (``zero_shot.read_colour_and_shape``). A guide that only fools itself
+scores high on its own reading and low on the judge's.
 
 ``--guide`` and ``--judge`` take anything ``load_perceptor`` does: "demo", a save_pretrained
 folder or a Hugging Face name (openai/clip-vit-base-patch32 as guide and a larger CLIP as

@@ -30,6 +30,7 @@ from clipclop_jax.library.load import load_library
 from clipclop_jax.library.patch_library import PatchLibrary
 from clipclop_jax.runs.resources import model_fingerprint, with_absolute_paths
 from clipclop_jax.search.evolution import EvolutionConfig
+from clipclop_jax.studio.session import Session
 
 TOKENIZER_FILES = (
     "vocab.json",
@@ -307,3 +308,21 @@ def test_cli_generate_takes_an_ensemble_and_saves_its_folders_absolute(
     assert main(argv) == 0
     assert (out / "collage.png").is_file()
     assert json.loads((out / "config.json").read_text())["model"] == f"demo,{small_folder}:0.5"
+
+
+def test_a_studio_session_takes_new_prompts_for_every_model_without_compiling(
+    ensemble, library, tmp_path
+):
+    config = dataclasses.replace(TINY, model=ensemble.name)
+    with chunk_compilations() as first:
+        session = Session.create(
+            config, tmp_path / "studio", resources=Resources(ensemble, library)
+        )
+        session.advance(2)
+    assert len(first) <= 1, first  # none if the run above compiled these settings
+    with chunk_compilations() as compiled:
+        session.set_prompt("a blue square:1 | red:-0.5")
+        result = session.advance(2)
+    assert compiled == [] and np.isfinite(result["best_loss"])
+    assert session.view().prompt == "a blue square:1 | red:-0.5"
+    session.close()

@@ -214,6 +214,13 @@ def test_the_ensemble_loss_is_the_weighted_sum_of_each_models_loss(ensemble, sce
     assert all(abs(float(value) - float(v)) > 1e-4 for v, _ in alone)
 
 
+def test_an_ensemble_refuses_guidance_made_for_one_model(ensemble, demo, scene):
+    _, collage, _ = scene
+    loss = make_collage_loss(CANVAS, ensemble, OPTIM, AugmentConfig())
+    with pytest.raises(ValueError, match="is not a tuple of 2 \\(one per model"):
+        loss(collage.params, collage.patch_index, jax.random.key(0), _guidance(demo, scene, False))
+
+
 def test_a_single_models_loss_is_render_crops_embed_compare_bit_for_bit(demo, scene):
     library, collage, background = scene
     guidance = _guidance(demo, scene, regions=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -153,16 +154,26 @@ def make_collage_loss(
             image = render(
                 Collage(params, patch_index), guidance.library, guidance.background, config
             )
-            value = 0.0
+            count = len(perceptor.members)
+            for field in ("clip_params", "text_embeddings"):
+                value = getattr(guidance, field)
+                if not (isinstance(value, tuple) and len(value) == count):
+                    raise ValueError(
+                        f"guidance.{field} is not a tuple of {count} (one per model of the "
+                        "ensemble): take it from the ensemble's params and embed_text."
+                    )
+            regions_m = guidance.region_embeddings
+            terms = []
             for m, (score, weight) in enumerate(zip(scores, perceptor.weights, strict=True)):
-                regions_m = guidance.region_embeddings
+                # Member m's view of the guidance: its weights and its prompts' embeddings.
                 own = guidance._replace(
                     clip_params=guidance.clip_params[m],
                     text_embeddings=guidance.text_embeddings[m],
                     region_embeddings=None if regions_m is None else regions_m[m],
                 )
-                value = value + weight * score(image, key, own)
-            return value, image
+                # The same key: every member scores crops of the same geometry.
+                terms.append(weight * score(image, key, own))
+            return functools.reduce(jnp.add, terms), image
 
         return ensemble_loss
 

@@ -5,6 +5,7 @@ from clipclop_jax.collage.params import Collage, CollageParams, random_populatio
 from clipclop_jax.collage.render import render, render_population
 from clipclop_jax.config import CollageConfig, OptimConfig
 from clipclop_jax.guidance.augment import AugmentConfig
+from clipclop_jax.guidance.ensemble import PerceptorEnsemble, load_guides
 from clipclop_jax.guidance.perceptor import Perceptor, PerceptorError, PromptError, load_perceptor
 from clipclop_jax.library.file_formats import save_library
 from clipclop_jax.library.load import load_library
@@ -34,6 +35,7 @@ __all__ = [
     "OutputConfig",
     "PatchLibrary",
     "Perceptor",
+    "PerceptorEnsemble",
     "PerceptorError",
     "PromptError",
     "Resources",
@@ -44,6 +46,7 @@ __all__ = [
     "generate_batch",
     "generate_tiled",
     "load_collage",
+    "load_guides",
     "load_library",
     "load_perceptor",
     "load_resources",

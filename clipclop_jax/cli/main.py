@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument(
         "--model",
         metavar="PATH",
-        help="where the run's CLIP model folder is now, if it moved (must be the same weights)",
+        help="where the run's CLIP model folder is now, if it moved (must be the same weights; "
+        "for an ensemble the whole A,B:WEIGHT spec)",
     )
     res.add_argument("--quiet", action="store_true", help="no progress bar")
     add_distributed_option(res)

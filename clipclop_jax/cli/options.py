@@ -106,7 +106,8 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
     gen.add_argument(
         "--model",
         help="CLIP: 'demo' (default; bundled, offline), a Hugging Face name such as "
-        "openai/clip-vit-base-patch32, or a save_pretrained folder",
+        "openai/clip-vit-base-patch32, or a save_pretrained folder; several, comma-separated, "
+        "each with an optional :WEIGHT (e.g. demo,PATH:0.5), guide together",
     )
     gen.add_argument(
         "--patches",

@@ -2,7 +2,8 @@
 
 ``perceptor`` wraps CLIP (the bundled demo model, a hub name or a local folder;
 ``hub_files`` fetches just the files a hub checkpoint needs, ``converted_weights`` turns
-PyTorch checkpoints into Flax ones); ``prompts`` parses weighted
+PyTorch checkpoints into Flax ones); ``ensemble`` reads ``--model A,B:0.5`` and holds several
+CLIPs whose losses add up; ``prompts`` parses weighted
 prompts and grids; ``augment`` makes the distorted crops CLIP scores, from the homographies
 of ``random_warps`` sampled by ``warp``; ``objective`` is the loss of one collage (render ->
 augment -> embed -> compare); the ``demo_data`` package draws the captioned shapes the demo

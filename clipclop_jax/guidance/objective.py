@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -12,6 +13,7 @@ from clipclop_jax.collage.params import Collage, CollageParams
 from clipclop_jax.collage.render import render
 from clipclop_jax.config import CollageConfig, OptimConfig, _check_range, check_field_types
 from clipclop_jax.guidance.augment import AugmentConfig, random_augment
+from clipclop_jax.guidance.ensemble import PerceptorEnsemble
 from clipclop_jax.library.patch_library import PatchLibrary
 
 
@@ -76,22 +78,23 @@ class Guidance(NamedTuple):
     new prompt or a library of the same shape does not recompile.
 
     Attributes:
-      clip_params: the CLIP weights pytree.
-      text_embeddings: [T, D] L2-normalised prompt embeddings.
+      clip_params: the CLIP weights pytree (an ensemble's: a tuple, one per member).
+      text_embeddings: [T, D] L2-normalised prompt embeddings (an ensemble's: a tuple of
+        [T, D_m], one per member, each from that member's text tower).
       prompt_weights: [T] weight of each prompt; negative pushes away.
       library: the low-resolution patch library.
       background: [H, W, 3] float32 background of the canvas.
       region_embeddings: [R, D] L2-normalised prompt of each region, row by row (None
-        without regions).
+        without regions; an ensemble's: a tuple of [R, D_m]).
       region_weights: [R] weight of each region's prompt (None without regions).
     """
 
     clip_params: Any
-    text_embeddings: jax.Array
+    text_embeddings: jax.Array | tuple[jax.Array, ...]
     prompt_weights: jax.Array
     library: PatchLibrary
     background: jax.Array
-    region_embeddings: jax.Array | None = None
+    region_embeddings: jax.Array | tuple[jax.Array, ...] | None = None
     region_weights: jax.Array | None = None
 
 
@@ -136,7 +139,56 @@ def make_collage_loss(
     The structural settings are closed over (they decide shapes); everything large comes in
     through ``guidance``. With regions, ``guidance`` must carry region embeddings and weights.
     CLIP runs in ``clip_dtype(optim)``; the render, the crops and the loss are float32.
+
+    With a ``PerceptorEnsemble`` the guidance's ``clip_params``, ``text_embeddings`` and
+    ``region_embeddings`` are tuples, one entry per member. Each member scores crops of the
+    same geometry (the same key) made at its own input size, and the loss is the members'
+    losses summed by their (normalised) weights; all of it is one compiled program.
     """
+    if isinstance(perceptor, PerceptorEnsemble):
+        scores = [
+            _make_score(config, member, optim, augment, regions) for member in perceptor.members
+        ]
+
+        def ensemble_loss(params, patch_index, key, guidance: Guidance):
+            image = render(
+                Collage(params, patch_index), guidance.library, guidance.background, config
+            )
+            count = len(perceptor.members)
+            for field in ("clip_params", "text_embeddings"):
+                value = getattr(guidance, field)
+                if not (isinstance(value, tuple) and len(value) == count):
+                    raise ValueError(
+                        f"guidance.{field} is not a tuple of {count} (one per model of the "
+                        "ensemble): take it from the ensemble's params and embed_text."
+                    )
+            regions_m = guidance.region_embeddings
+            terms = []
+            for m, (score, weight) in enumerate(zip(scores, perceptor.weights, strict=True)):
+                # Member m's view of the guidance: its weights and its prompts' embeddings.
+                own = guidance._replace(
+                    clip_params=guidance.clip_params[m],
+                    text_embeddings=guidance.text_embeddings[m],
+                    region_embeddings=None if regions_m is None else regions_m[m],
+                )
+                # The same key: every member scores crops of the same geometry.
+                terms.append(weight * score(image, key, own))
+            return functools.reduce(jnp.add, terms), image
+
+        return ensemble_loss
+
+    score = _make_score(config, perceptor, optim, augment, regions)
+
+    def loss(params: CollageParams, patch_index: jax.Array, key: jax.Array, guidance: Guidance):
+        image = render(Collage(params, patch_index), guidance.library, guidance.background, config)
+        return score(image, key, guidance), image
+
+    return loss
+
+
+def _make_score(config, perceptor, optim, augment, regions):
+    """``score(image, key, guidance) -> loss`` of a rendered canvas by one CLIP model: its
+    augmented crops at the model's input size, embedded and compared with the prompts."""
     size = perceptor.image_size
     # Only a reduced precision is passed on: a perceptor written for float32 (any object with
     # ``embed_images(params, images, *, normalize)``) keeps working.
@@ -157,8 +209,7 @@ def make_collage_loss(
             use_augmentations=optim.use_augmentations,
         )
 
-    def loss(params: CollageParams, patch_index: jax.Array, key: jax.Array, guidance: Guidance):
-        image = render(Collage(params, patch_index), guidance.library, guidance.background, config)
+    def score(image: jax.Array, key: jax.Array, guidance: Guidance) -> jax.Array:
         crops = [views(key, image, num_crops)]
         per_region = regions.crops_per_region if optim.use_augmentations else 1
         for r, (top, left, height, width) in enumerate(boxes):
@@ -175,6 +226,6 @@ def make_collage_loss(
             value = regions.global_weight * value + region_loss(
                 embeddings[num_crops:].reshape(len(boxes), per_region, -1), guidance
             )
-        return value, image
+        return value
 
-    return loss
+    return score

@@ -16,12 +16,12 @@ from clipclop_jax.config import (
     OptimConfig,
 )
 from clipclop_jax.guidance.augment import AugmentConfig
+from clipclop_jax.guidance.ensemble import Guides
 from clipclop_jax.guidance.objective import (
     NO_REGIONS,
     Guidance,
     RegionConfig,
 )
-from clipclop_jax.guidance.perceptor import Perceptor
 from clipclop_jax.search.evolution import EvolutionConfig
 from clipclop_jax.search.optimise import (
     RunState,
@@ -35,7 +35,7 @@ ProgressFn = Callable[[int, dict[str, float]], None]
 @functools.lru_cache(maxsize=8)
 def compiled_chunk(
     collage: CollageConfig,
-    perceptor: Perceptor,
+    perceptor: Guides,
     optim: OptimConfig,
     augment: AugmentConfig,
     evolution: EvolutionConfig,

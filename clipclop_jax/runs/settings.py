@@ -22,6 +22,7 @@ from clipclop_jax.config import (
     to_dict,
 )
 from clipclop_jax.guidance.augment import AugmentConfig
+from clipclop_jax.guidance.ensemble import parse_model_spec
 from clipclop_jax.guidance.objective import (
     RegionConfig,
 )
@@ -78,7 +79,10 @@ class GenerateConfig:
         the gradient domain (``blend.seams.blend_collage``, docs/blending.md); "none" does not.
       background_use: with tiles, "global" stretches the background over the whole collage,
         "local" repeats it in every tile (the original's ``background_use``).
-      model: "demo", a Hugging Face CLIP name, or a save_pretrained folder.
+      model: "demo", a Hugging Face CLIP name, or a save_pretrained folder; or several,
+        separated by commas, each with an optional ":weight" ("demo,PATH:0.5"): an ensemble
+        whose losses add up by weight (normalised to sum to 1), each model scoring the same
+        crops at its own input size (``guidance.ensemble``; docs/parameters.md).
       patches: "shapes", "photos", a folder of images, or a library .npz/.npy.
       population: collages optimised in parallel.
       seed: the run's PRNG seed.
@@ -127,6 +131,7 @@ class GenerateConfig:
         check_field_types(self)
         if not self.prompt.strip():
             raise ValueError("prompt is empty: give the text the collage should show.")
+        parse_model_spec(self.model)
         _check_range("population", self.population, 1, 100_000)
         _check_range("seed", self.seed, 0, 2**32 - 1)
         _check_range("high_res_multiplier", self.high_res_multiplier, 1, 64)

@@ -14,13 +14,14 @@ import numpy as np
 from clipclop_jax import xla_options
 from clipclop_jax.collage.background import make_background
 from clipclop_jax.collage.params import Collage, random_population, stack, take
+from clipclop_jax.guidance.ensemble import Guides
 from clipclop_jax.guidance.objective import (
     DEFAULT_REGION_WEIGHT,
     Guidance,
     clip_dtype,
     make_collage_loss,
 )
-from clipclop_jax.guidance.perceptor import Perceptor, cast_floats
+from clipclop_jax.guidance.perceptor import cast_floats
 from clipclop_jax.guidance.prompts import parse_grid, parse_prompts
 from clipclop_jax.runs.resources import Resources
 from clipclop_jax.runs.settings import GenerateConfig
@@ -63,7 +64,8 @@ def prepare_run(
             )
     guidance = Guidance(
         # In CLIP's compute dtype already: bfloat16 weights take half the device memory and
-        # half the transfer (the prompts are embedded from the float32 weights).
+        # half the transfer (the prompts are embedded from the float32 weights). An
+        # ensemble's weights and embeddings are tuples, one entry per model.
         clip_params=cast_floats(perceptor.params, clip_dtype(config.optim)),
         text_embeddings=perceptor.embed_text([p.text for p in prompts]),
         prompt_weights=jnp.asarray([p.weight for p in prompts], jnp.float32),
@@ -81,8 +83,9 @@ def run_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
     return background_key, population_key, run_key
 
 
-def region_guidance(config: GenerateConfig, perceptor: Perceptor) -> dict[str, jax.Array]:
-    """The region prompts' embeddings [R, D] and weights [R], row by row (none: {})."""
+def region_guidance(config: GenerateConfig, perceptor: Guides) -> dict[str, Any]:
+    """The region prompts' embeddings [R, D] (an ensemble's: one per model) and weights [R],
+    row by row (none: {})."""
     if config.region_prompts is None:
         return {}
     cells = [cell for row in parse_grid(config.region_prompts) for cell in row]
@@ -95,7 +98,7 @@ def region_guidance(config: GenerateConfig, perceptor: Perceptor) -> dict[str, j
 
 
 def score_unstepped(
-    config: GenerateConfig, perceptor: Perceptor, guidance: Guidance, state: RunState
+    config: GenerateConfig, perceptor: Guides, guidance: Guidance, state: RunState
 ) -> RunState:
     """A run of 0 steps: its population scored once (the plain render, as the initial
     search scores), so that the collage it writes has a real loss."""
@@ -119,7 +122,7 @@ def state_template(config: GenerateConfig) -> RunState:
 
 
 def initial_population(
-    key: jax.Array, config: GenerateConfig, perceptor: Perceptor, guidance: Guidance
+    key: jax.Array, config: GenerateConfig, perceptor: Guides, guidance: Guidance
 ) -> Collage:
     """The starting population; with ``initial_search_size > 1`` the best of that many random
     collages for each individual (scored by CLIP on the plain render)."""
@@ -135,7 +138,7 @@ def initial_population(
 
 
 def plain_losses(
-    config: GenerateConfig, perceptor: Perceptor, guidance: Guidance, collages: Collage
+    config: GenerateConfig, perceptor: Guides, guidance: Guidance, collages: Collage
 ) -> np.ndarray:
     """[C] float32 losses of a stack of collages on their plain render (no augmentations),
     ``config.population`` at a time; NaN becomes +inf."""

@@ -12,9 +12,10 @@ each final collage with the judge, and with the guide itself, against all 56 pro
 "a {colour} {shape}" (``zero_shot.read_colour_and_shape``). A guide that only fools itself
 scores high on its own reading and low on the judge's.
 
-``--guide`` and ``--judge`` take anything ``load_perceptor`` does: "demo", a save_pretrained
-folder or a Hugging Face name (openai/clip-vit-base-patch32 as guide and a larger CLIP as
-judge, where there is internet). The default judge, ``benchmarks/judge_clip``, is a second
+``--guide`` takes any model spec ``--model`` does, an ensemble "demo,FOLDER:0.5" too (its own
+reading is then its members' weighted logits); ``--judge`` takes one model: "demo", a
+save_pretrained folder or a Hugging Face name (openai/clip-vit-base-patch32 as guide and a
+larger CLIP as judge, where there is internet). The default judge, ``benchmarks/judge_clip``, is a second
 demo CLIP of another seed and vision architecture (docs/demo_model.md, "The judge"); it is
 never used for guidance.
 
@@ -39,7 +40,7 @@ import time
 import jax
 import numpy as np
 
-from clipclop_jax import GenerateConfig, PerceptorError, generate, load_perceptor
+from clipclop_jax import GenerateConfig, PerceptorError, generate, load_guides, load_perceptor
 from clipclop_jax.guidance.demo_data.captions import COLOUR_NAMES
 from clipclop_jax.guidance.demo_data.drawing import SHAPES
 from clipclop_jax.guidance.demo_data.zero_shot import read_colour_and_shape, zero_shot_prompts
@@ -65,16 +66,26 @@ def chosen_prompts(count: int) -> list[tuple[str, int, int]]:
 
 
 class Reader:
-    """One CLIP's zero-shot reading of [H, W, 3] images as (colour, shape) indices."""
+    """One CLIP's zero-shot reading of [H, W, 3] images as (colour, shape) indices; for an
+    ensemble guide, the reading of its members' weighted logits, as its loss weighs them."""
 
     def __init__(self, perceptor):
-        self.perceptor = perceptor
-        self.text = perceptor.embed_text(zero_shot_prompts())
-        self.embed = jax.jit(lambda params, images: perceptor.embed_images(params, images))
+        members = getattr(perceptor, "members", (perceptor,))
+        self.weights = getattr(perceptor, "weights", (1.0,))
+        self.members = members
+        self.texts = [member.embed_text(zero_shot_prompts()) for member in members]
+        self.embed = jax.jit(
+            lambda params, images, member: member.embed_images(params, images), static_argnums=2
+        )
 
     def read(self, image: np.ndarray) -> tuple[int, int]:
-        embeds = self.embed(self.perceptor.params, np.asarray(image, np.float32)[None])
-        colour, shape = read_colour_and_shape(embeds, self.text)
+        pixels = np.asarray(image, np.float32)[None]
+        logits = 0.0
+        for member, text, weight in zip(self.members, self.texts, self.weights, strict=True):
+            embeds = np.asarray(self.embed(member.params, pixels, member), np.float32)
+            logits = logits + weight * (embeds @ np.asarray(text, np.float32).T)
+        # read_colour_and_shape takes embeddings; the identity as "text" passes logits through.
+        colour, shape = read_colour_and_shape(logits, np.eye(logits.shape[1], dtype=np.float32))
         return int(colour[0]), int(shape[0])
 
 
@@ -155,7 +166,7 @@ def main(argv=None) -> None:
     start = time.time()
     try:
         judge = Reader(load_perceptor(args.judge))
-        guide = load_perceptor(base.model)
+        guide = load_guides(base.model)
     except PerceptorError as error:
         sys.exit(f"judge.py: {error}")
     # Loaded once: every prompt's run shares the model, library and compiled programs.

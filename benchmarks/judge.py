@@ -12,12 +12,12 @@ each final collage with the judge, and with the guide itself, against all 56 pro
 "a {colour} {shape}" (``zero_shot.read_colour_and_shape``). A guide that only fools itself
 scores high on its own reading and low on the judge's.
 
-``--guide`` takes any model spec ``--model`` does, an ensemble "demo,FOLDER:0.5" too (its own
-reading is then its members' weighted logits); ``--judge`` takes one model: "demo", a
+``--guide`` takes any model spec ``--model`` does, an ensemble "demo,FOLDER:0.5" too (its
+own reading is then its members' weighted logits); ``--judge`` takes one model: "demo", a
 save_pretrained folder or a Hugging Face name (openai/clip-vit-base-patch32 as guide and a
-larger CLIP as judge, where there is internet). The default judge, ``benchmarks/judge_clip``, is a second
-demo CLIP of another seed and vision architecture (docs/demo_model.md, "The judge"); it is
-never used for guidance.
+larger CLIP as judge, where there is internet). The default judge, ``benchmarks/judge_clip``,
+is a second demo CLIP of another seed and vision architecture (docs/demo_model.md, "The
+judge"); it is never used for guidance.
 
 Writes ``results.json`` (settings, per-prompt readings, accuracies), ``sheet.png`` (each
 collage labelled with its prompt and what the judge read) and ``collages/NN.png`` (each final

@@ -114,9 +114,9 @@ def test_gradient_guidance_tints_a_grey_shape_towards_the_prompted_colour(demo):
 
 
 JUDGE_FOLDER = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "judge_clip"
-# Measured 97.7% colour and 29.3% shape on these 300 scenes (98.3% / 36.3% on the 1,000 of
+# Measured 97.7% colour and 57.7% shape on these 300 scenes (98.8% / 60.6% on the 1,000 of
 # HELD_OUT_SEED); chance is 1/8 and 1/7.
-COLOUR_FLOOR, SHAPE_FLOOR = 0.9, 0.22
+COLOUR_FLOOR, SHAPE_FLOOR = 0.9, 0.5
 
 
 def test_judge_clip_loads_as_a_model_folder_and_reads_fresh_shapes(demo):

@@ -135,8 +135,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.rejudge:
         for index, (prompt, _, _) in enumerate(chosen_prompts(args.prompts)):
             path = collage_path(args.out, index)
-            made = collage_text(args.base, prompt)
-            if not path.is_file() or {k: png_text(path).get(k) for k in made} != made:
+            if not path.is_file() or not made_with(png_text(path), args.base, prompt):
                 parser.error(
                     f"--rejudge: {path} is missing or was not made by guide {args.guide} with "
                     f"these settings for {prompt!r}: run once without --rejudge."
@@ -165,6 +164,16 @@ def collage_text(config: GenerateConfig, prompt: str) -> dict[str, str]:
     """What a saved collage records of how it was made, to check before ``--rejudge``."""
     settings = dataclasses.replace(config, prompt=prompt).to_dict()
     return {"guide": config.model, "prompt": prompt, "settings": json.dumps(settings)}
+
+
+def made_with(text: dict[str, str], config: GenerateConfig, prompt: str) -> bool:
+    """Whether a collage's text chunks say it was made with ``config`` for ``prompt``; its
+    settings are read as a config file is, so a setting added since takes its default."""
+    try:
+        saved = GenerateConfig.from_dict(json.loads(text.get("settings", "null")))
+    except (TypeError, ValueError):
+        return False
+    return text.get("prompt") == prompt and saved == dataclasses.replace(config, prompt=prompt)
 
 
 def main(argv=None) -> None:

@@ -156,8 +156,8 @@ def random_augment(
     Each crop is a random perspective followed by a random resized crop (see
     ``AugmentConfig``), composed into one homography and sampled once, bilinearly, with
     ``config.fill`` outside the image, then given ``config.noise`` Gaussian pixel noise (if
-    any). The same key gives the same crops. Write for one
-    image and ``jax.vmap`` over a population's keys and images.
+    any). The same key gives the same crops. Write for one image and ``jax.vmap`` over a
+    population's keys and images.
 
     Args:
       key: PRNG key; used only when augmenting.

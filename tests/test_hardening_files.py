@@ -274,7 +274,7 @@ def test_a_checkpoint_holding_a_pickle_is_refused_with_our_own_advice(tmp_path):
 
 
 def test_a_saved_config_holds_absolute_paths_and_builtin_names(tmp_path, monkeypatch, perceptor):
-    monkeypatch.setattr("clipclop_jax.runs.resources.load_perceptor", lambda name: perceptor)
+    monkeypatch.setattr("clipclop_jax.runs.resources.load_guides", lambda name: perceptor)
     monkeypatch.chdir(tmp_path)
     save_library("lib.npz", library_from_cutouts([_disc()], lowres_size=32, highres_size=32))
     generate(dataclasses.replace(TINY, patches="lib.npz"), out_dir="run")
@@ -298,7 +298,7 @@ def test_a_run_whose_library_moved_resumes_from_the_new_place(
     tmp_path, monkeypatch, perceptor, capsys
 ):
     monkeypatch.setattr(
-        "clipclop_jax.runs.resources.load_perceptor", lambda name: perceptor
+        "clipclop_jax.runs.resources.load_guides", lambda name: perceptor
     )  # one compile
     old, new = tmp_path / "old", tmp_path / "new"
     old.mkdir()
@@ -419,7 +419,7 @@ def test_overwrite_removes_only_the_files_a_run_wrote(tmp_path):
 def test_generate_and_tiled_overwrite_keep_the_users_files(
     tmp_path, tiles, perceptor, monkeypatch, capsys
 ):
-    monkeypatch.setattr("clipclop_jax.runs.resources.load_perceptor", lambda name: perceptor)
+    monkeypatch.setattr("clipclop_jax.runs.resources.load_guides", lambda name: perceptor)
     _fill(tmp_path, USER_FILES + RUN_FILES)
     argv = ["generate", "a red circle", "--out", str(tmp_path), "--overwrite", "--quiet"]
     argv += ["--steps", "0", "--size", "32", "--output-size", "32", "--num-patches", "4"]

@@ -64,7 +64,7 @@ def no_model(monkeypatch):
     def refuse(name):
         raise AssertionError("the model was loaded before the settings were checked")
 
-    monkeypatch.setattr("clipclop_jax.runs.resources.load_perceptor", refuse)
+    monkeypatch.setattr("clipclop_jax.runs.resources.load_guides", refuse)
 
 
 # --- item 4: a written collage is always scored -------------------------------------------

@@ -3,25 +3,17 @@
 from __future__ import annotations
 
 import logging
-import shutil
 
 import jax
 import numpy as np
 import pytest
+from model_folders import copy_demo_tokenizer
 from pytorch_reference import pytorch_embeddings
 
 from clipclop_jax.guidance import converted_weights, hub_files
 from clipclop_jax.guidance.perceptor import PerceptorError, demo_model_path, load_perceptor
 
 torch = pytest.importorskip("torch")
-
-TOKENIZER_FILES = (
-    "vocab.json",
-    "merges.txt",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "preprocessor_config.json",
-)
 
 
 def _pytorch_folder(folder, *, safetensors: bool):
@@ -31,8 +23,7 @@ def _pytorch_folder(folder, *, safetensors: bool):
     torch.manual_seed(0)
     model = CLIPModel(CLIPConfig.from_pretrained(str(demo_model_path()))).eval()
     model.save_pretrained(folder, safe_serialization=safetensors)
-    for name in TOKENIZER_FILES:
-        shutil.copy(demo_model_path() / name, folder / name)
+    copy_demo_tokenizer(folder)
     return model
 
 
@@ -105,8 +96,7 @@ def test_changed_weights_are_converted_afresh(tmp_path, monkeypatch):
 
 
 def test_a_folder_without_weights_is_one_line(tmp_path):
-    for name in TOKENIZER_FILES:
-        shutil.copy(demo_model_path() / name, tmp_path / name)
+    copy_demo_tokenizer(tmp_path)
     with pytest.raises(PerceptorError, match="has no CLIP weights") as raised:
         load_perceptor(str(tmp_path))
     assert "\n" not in str(raised.value)

@@ -1,16 +1,16 @@
 """Do collages read as their prompt to a CLIP that did not make them?
 
     python benchmarks/judge.py [--guide demo] [--judge benchmarks/judge_clip] [--steps 300]
-        [--prompts 16] [--config FILE] [--set KEY=VALUE ...] [--out out/judge]
+        [--prompts 16] [--preset NAME] [--config FILE] [--set KEY=VALUE ...] [--out out/judge]
 
 For ``--prompts`` N colour x shape prompts ("a red circle", stratified: prompt i has colour
 i mod 8 and shape i mod 7, so every colour and shape comes up), makes a collage with the guide
 at the README's default settings (``clipclop generate PROMPT --steps 300``: only the prompt
 and the step count differ from ``GenerateConfig()``) or at the settings under test
-(``--config FILE``, ``--set KEY=VALUE``, as ``clipclop generate`` takes them), then reads
-each final collage with the judge, and with the guide itself, against all 56 prompts
-"a {colour} {shape}" (``zero_shot.read_colour_and_shape``). A guide that only fools itself
-scores high on its own reading and low on the judge's.
+(``--preset NAME``, ``--config FILE``, ``--set KEY=VALUE``, as ``clipclop generate`` takes
+them), then reads each final collage with the judge, and with the guide itself, against all
+56 prompts "a {colour} {shape}" (``zero_shot.read_colour_and_shape``). A guide that only
+fools itself scores high on its own reading and low on the judge's.
 
 ``--guide`` takes any model spec ``--model`` does, an ensemble "demo,FOLDER:0.5" too (its
 own reading is then its members' weighted logits); ``--judge`` takes one model: "demo", a
@@ -46,7 +46,7 @@ from clipclop_jax.guidance.demo_data.drawing import SHAPES
 from clipclop_jax.guidance.demo_data.zero_shot import read_colour_and_shape, zero_shot_prompts
 from clipclop_jax.io import atomic_write_bytes, png_text, read_rgba, save_png, to_uint8
 from clipclop_jax.library.contact_sheet import save_contact_sheet
-from clipclop_jax.runs import config_files
+from clipclop_jax.runs import config_files, presets
 from clipclop_jax.runs.resources import Resources, load_patch_library
 
 JUDGE_FOLDER = pathlib.Path(__file__).resolve().parent / "judge_clip"
@@ -100,6 +100,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=300, help="optimisation steps per collage")
     parser.add_argument("--prompts", type=int, default=16, help=f"how many prompts (1-{CLASSES})")
     parser.add_argument("--out", default="out/judge", help="folder for results.json, sheet.png")
+    parser.add_argument(
+        "--preset", help="settings under test: a preset of generate's, e.g. original"
+    )
     parser.add_argument("--config", help="settings under test: a JSON/YAML file of generate's")
     parser.add_argument(
         "--set",
@@ -145,10 +148,14 @@ def collage_path(out: str, index: int) -> pathlib.Path:
 
 
 def settings_under_test(args: argparse.Namespace) -> GenerateConfig:
-    """GenerateConfig(): then --guide and --steps, then --config FILE, then each --set."""
-    values = {"model": args.guide, "optim": {"steps": args.steps}}
+    """GenerateConfig(): then --preset, then --guide and --steps, then --config FILE, then
+    each --set."""
+    values = presets.preset_settings(args.preset) if args.preset else {}
+    values = config_files.merge_nested(
+        values, {"model": args.guide, "optim": {"steps": args.steps}}
+    )
     if args.config:
-        values = config_files.merge(values, config_files.load_config_file(args.config))
+        values = config_files.merge_nested(values, config_files.load_config_file(args.config))
     values = config_files.merge(values, config_files.assignments(args.set))
     return config_files.build_config(GenerateConfig, values, source="--config/--set")
 
@@ -233,7 +240,7 @@ def main(argv=None) -> None:
         judge=args.judge,
         steps=base.optim.steps,
         prompts=args.prompts,
-        settings_under_test=dict(config=args.config, set=args.set),
+        settings_under_test=dict(preset=args.preset, config=args.config, set=args.set),
         config=base.to_dict(),
         accuracy=summary,
         seconds=round(time.time() - start, 1),
@@ -252,7 +259,9 @@ def main(argv=None) -> None:
 
     print()
     tested = " ".join(
-        ([f"--config {args.config}"] if args.config else []) + [f"--set {a}" for a in args.set]
+        ([f"--preset {args.preset}"] if args.preset else [])
+        + ([f"--config {args.config}"] if args.config else [])
+        + [f"--set {a}" for a in args.set]
     )
     print(
         f"guide {args.guide}, judge {args.judge}, {base.optim.steps} steps, {args.prompts} prompts"

@@ -92,6 +92,12 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
         "docs/blending.md)",
     )
     gen.add_argument(
+        "--preset",
+        metavar="NAME",
+        help="a named set of settings, applied before --config: 'original' puts back the "
+        "original CLIP-CLOP's values of the defaults this project changed (docs/quality.md)",
+    )
+    gen.add_argument(
         "--config",
         metavar="FILE",
         help="settings from a YAML or JSON file, or from a run's config.json or collage.png",
@@ -216,20 +222,24 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args: argparse.Namespace, *, prompt: str | None = None):
-    """The run's ``GenerateConfig``: --config FILE, then the options given, then --set.
+    """The run's ``GenerateConfig``: --preset, then --config FILE, then the options given, then
+    --set.
 
     Args:
       args: parsed by a parser with ``add_config_options``.
       prompt: if given, replaces whatever prompt the file or the options carry (a batch
         puts each of its prompts there later).
     """
-    from clipclop_jax.runs import config_files
+    from clipclop_jax.runs import config_files, presets
     from clipclop_jax.runs.settings import GenerateConfig
 
     values = {}
+    if args.preset:
+        values = presets.preset_settings(args.preset)
     if args.config:
-        values = config_files.load_config_file(args.config)
-        config_files.check_settings(GenerateConfig, values, source=args.config)
+        from_file = config_files.load_config_file(args.config)
+        config_files.check_settings(GenerateConfig, from_file, source=args.config)
+        values = config_files.merge_nested(values, from_file)
     overrides = {}
     for dest, keys in CONFIG_OPTIONS.items():
         value = getattr(args, dest, None)

@@ -119,10 +119,11 @@ def _session_opener(args: argparse.Namespace):
             for dest in CONFIG_OPTIONS
             if dest not in FROM_OPTIONS and getattr(args, dest, None) is not None
         ]
-        if args.config or args.set or args.out or given:
+        if args.preset or args.config or args.set or args.out or given:
             names = [f"--{d.replace('_', '-')}" for d in given if d != "prompt"]
             names += ["PROMPT"] if "prompt" in given else []
-            names += ["--config"] * bool(args.config) + ["--set"] * bool(args.set)
+            names += ["--preset"] * bool(args.preset) + ["--config"] * bool(args.config)
+            names += ["--set"] * bool(args.set)
             names += ["--out"] * bool(args.out)
             raise ValueError(
                 f"--from continues the run with its own settings: leave out {', '.join(names)} "

@@ -139,6 +139,18 @@ def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, An
     return merged
 
 
+def merge_nested(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with nested ``overrides`` laid over it: a nested dict merges key by key, any
+    other value replaces."""
+    merged = _copy(base)
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = merge_nested(merged[key], value)
+        else:
+            merged[key] = _copy(value) if isinstance(value, Mapping) else value
+    return merged
+
+
 def _copy(values: Mapping[str, Any]) -> dict[str, Any]:
     return {k: _copy(v) if isinstance(v, Mapping) else v for k, v in values.items()}
 

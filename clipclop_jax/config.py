@@ -300,7 +300,8 @@ class OptimConfig:
         the per-group rates.
       lr_translation ... lr_order: Adam learning rates per parameter group.
       gradient_clipping: global-norm clip of each collage's gradient (original: 10).
-      num_crops: augmented crops CLIP scores per collage per step (original: 4).
+      num_crops: augmented crops CLIP scores per collage per step (default 8, chosen by the
+        judge with the augmentations, docs/quality.md; original: 4).
       use_augmentations: off scores the plain render once.
       normalize_input: CLIP sees the crops normalised with its mean and std, as it was
         trained (default). False feeds the [0, 1] pixels unnormalised, as the original
@@ -334,7 +335,7 @@ class OptimConfig:
     lr_colour: float = 0.12
     lr_order: float = 0.06
     gradient_clipping: float = 10.0
-    num_crops: int = 4
+    num_crops: int = 8
     use_augmentations: bool = True
     normalize_input: bool = True
     initial_search_size: int = 1

@@ -11,6 +11,7 @@ from scipy import ndimage
 from clipclop_jax.guidance.augment import AugmentConfig, random_augment, random_augment_matrices
 from clipclop_jax.guidance.random_warps import random_crop_box, random_perspective_matrix
 from clipclop_jax.guidance.warp import crop_matrix, image_corners, perspective_matrix, warp
+from clipclop_jax.runs.presets import preset_settings
 
 H, W = 24, 32  # test image (non-square, to catch x/y mix-ups)
 OUT = (20, 28)
@@ -128,9 +129,13 @@ def test_perspective_matrix_moves_start_points_to_end_points():
 NUM_CROPS, CROP = 4, 16
 
 
+# The geometry alone: noise (a default) is tested on its own below.
+NOISELESS = AugmentConfig(noise=0.0)
+
+
 @jax.jit
 def augment(key, image):
-    return random_augment(key, image, num_crops=NUM_CROPS, output_size=CROP)
+    return random_augment(key, image, num_crops=NUM_CROPS, output_size=CROP, config=NOISELESS)
 
 
 def test_output_shapes_and_dtype(image):
@@ -165,7 +170,9 @@ def test_random_augment_is_warp_with_one_composed_matrix_per_crop(image):
         lambda k: random_augment_matrices(k, (H, W), num_crops=NUM_CROPS, output_size=CROP)
     )(key)
     for crop, matrix in zip(crops, matrices, strict=True):
-        np.testing.assert_allclose(crop, warp_jit(image, matrix, CROP, fill=1.0), atol=1e-5)
+        np.testing.assert_allclose(
+            crop, warp_jit(image, matrix, CROP, fill=NOISELESS.fill), atol=1e-5
+        )
 
 
 def test_no_distortion_and_full_square_crop_is_the_identity():
@@ -187,7 +194,7 @@ def test_vmap_over_a_population_equals_a_loop(image):
 
 def test_jit_equals_eager(image):
     key = jax.random.key(7)
-    eager = random_augment(key, image, num_crops=NUM_CROPS, output_size=CROP)
+    eager = random_augment(key, image, num_crops=NUM_CROPS, output_size=CROP, config=NOISELESS)
     np.testing.assert_allclose(augment(key, image), eager, atol=1e-5)
 
 
@@ -316,7 +323,7 @@ def test_perspective_probability_is_respected():
 
 def test_noise_is_zero_mean_of_its_std_and_leaves_the_geometry(image):
     key = jax.random.key(3)
-    clean = random_augment(key, image, num_crops=8, output_size=OUT)
+    clean = random_augment(key, image, num_crops=8, output_size=OUT, config=NOISELESS)
     noisy = random_augment(
         key, image, num_crops=8, output_size=OUT, config=AugmentConfig(noise=0.2)
     )
@@ -341,8 +348,10 @@ def test_noise_is_zero_mean_of_its_std_and_leaves_the_geometry(image):
 # config
 
 
-def test_defaults_are_the_originals():
-    config = AugmentConfig()
+def test_the_original_preset_gives_the_originals_augmentations():
+    """Arnheim 3: RandomPerspective(distortion_scale=0.6, p=1, fill=1), then
+    RandomResizedCrop(scale=(0.7, 0.9)) with torchvision's ratio range, no noise."""
+    config = AugmentConfig(**preset_settings("original")["augment"])
     assert config.perspective_distortion == 0.6
     assert config.perspective_probability == 1.0
     assert config.crop_scale == (0.7, 0.9)

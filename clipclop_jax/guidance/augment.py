@@ -5,7 +5,8 @@ optimiser cannot win by painting adversarial pixel patterns that only fool CLIP 
 framing (Mirowski et al. 2022, Sec. 3). The original (``arnheim_3/src/training.py``,
 ``augmentation_transforms``) composes torchvision's ``RandomPerspective(distortion_scale=0.6,
 p=1, fill=1)`` and ``RandomResizedCrop(canvas_width, scale=(0.7, 0.9))`` and draws
-``num_augs=4`` crops per collage (``configs/config.yaml``).
+``num_augs=4`` crops per collage (``configs/config.yaml``). The defaults here are milder and
+add noise (``AugmentConfig``; docs/quality.md says why); ``--preset original`` restores those.
 
 Here each augmentation is a 3x3 homography drawn from a key (``random_warps``). The
 homographies of one crop are multiplied into one, and the image is sampled once, bilinearly
@@ -38,30 +39,37 @@ from clipclop_jax.guidance.warp import check_image, crop_matrix, size_pair, warp
 
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
-    """The random augmentations applied to each crop, defaults as in the original.
+    """The random augmentations applied to each crop.
+
+    The defaults are chosen by a judge (``benchmarks/judge.py``, docs/quality.md): a milder
+    perspective and crops up to the whole canvas, so the guide sees every part of the
+    collage, black outside the canvas instead of white, and pixel noise. The original's
+    values, given with each field, come back with ``--preset original``.
 
     Attributes:
       perspective_distortion: each image corner moves inwards by up to this fraction of the
-        half width (x) and half height (y), in [0, 1] (original: 0.6).
+        half width (x) and half height (y), in [0, 1] (default 0.2; original: 0.6).
       perspective_probability: chance a crop gets the perspective warp, in [0, 1]
         (original: 1, always).
       crop_scale: (min, max) area of the crop box as a fraction of the image area, within
-        (0, 1] (original: (0.7, 0.9)).
+        (0, 1] (default (0.5, 1); original: (0.7, 0.9)).
       crop_ratio: (min, max) width / height of the crop box before it is resized to the
         output, > 0 (original: torchvision's default (3/4, 4/3)).
       fill: value of output pixels that fall outside the warped image, every channel
-        (original: 1, white).
+        (default 0, black as the default background; original: 1, white). With a light
+        background, set it near the background's brightness.
       noise: standard deviation of Gaussian noise added to every pixel of every crop, after
-        warping (original: 0, none). Noise the optimiser cannot predict makes pixel-level
-        patterns that fool only the guide worthless, so guidance leans on shapes and colours.
+        warping (default 0.1; original: 0, none). Noise the optimiser cannot predict makes
+        pixel-level patterns that fool only the guide worthless, so guidance leans on shapes
+        and colours.
     """
 
-    perspective_distortion: float = 0.6
+    perspective_distortion: float = 0.2
     perspective_probability: float = 1.0
-    crop_scale: tuple[float, float] = (0.7, 0.9)
+    crop_scale: tuple[float, float] = (0.5, 1.0)
     crop_ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
-    fill: float = 1.0
-    noise: float = 0.0
+    fill: float = 0.0
+    noise: float = 0.1
 
     def __post_init__(self):
         check_field_types(self)

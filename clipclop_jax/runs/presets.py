@@ -14,7 +14,17 @@ import difflib
 from typing import Any
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "original": {},
+    # Arnheim 3's configs/config.yaml and training.py: 4 crops, RandomPerspective(0.6,
+    # fill=1), RandomResizedCrop(scale=(0.7, 0.9)), no noise.
+    "original": {
+        "optim": {"num_crops": 4},
+        "augment": {
+            "perspective_distortion": 0.6,
+            "crop_scale": [0.7, 0.9],
+            "fill": 1.0,
+            "noise": 0.0,
+        },
+    },
 }
 
 

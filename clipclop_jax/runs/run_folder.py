@@ -117,9 +117,7 @@ def _remove_matching(folder: str, pattern: re.Pattern) -> None:
 
 # An orbax step folder (checkpoint.py), finished or left half-written by a kill, or one that
 # a studio edit was rewriting: ours if it holds nothing but what orbax writes.
-_CHECKPOINT_FOLDER = re.compile(
-    r"step_\d+(?:\.orbax-checkpoint-tmp.*|\.clipclop-(?:new|old))?"
-)
+_CHECKPOINT_FOLDER = re.compile(r"step_\d+(?:\.orbax-checkpoint-tmp.*|\.clipclop-(?:new|old))?")
 _CHECKPOINT_CONTENT = re.compile(
     r"state|meta|_CHECKPOINT_METADATA|commit_success\.txt|.*\.orbax-checkpoint-tmp.*"
 )

@@ -171,7 +171,7 @@ class GenerateConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> GenerateConfig:
-        values = dict(values)
+        values = _as_written(values)
         nested = {
             "collage": CollageConfig,
             "optim": OptimConfig,
@@ -187,3 +187,21 @@ class GenerateConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
+
+
+# AugmentConfig fields added after runs were already saved, with the value every run saved
+# before them had: a saved config (all its section's other fields present) that lacks one
+# was written then, and keeps that value, so resuming or re-running it gives the same
+# collage. A hand-written file that leaves fields out gets today's defaults.
+_ADDED_LATER = {"augment": (AugmentConfig, {"noise": 0.0})}
+
+
+def _as_written(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with each field added since a saved config was written set as it was then."""
+    values = dict(values)
+    for section, (cls, added) in _ADDED_LATER.items():
+        saved = values.get(section)
+        names = {field.name for field in dataclasses.fields(cls)}
+        if isinstance(saved, dict) and set(saved) == names - set(added):
+            values[section] = {**saved, **added}
+    return values

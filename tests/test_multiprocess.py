@@ -2,7 +2,7 @@
 joined by ``jax.distributed.initialize`` with gloo CPU collectives, each with a few simulated
 devices (tests/multiprocess_worker.py is one process).
 
-* At the README's settings (224 x 224 canvas, 100 patches, 4 crops, evolution, population
+* At the README's settings (224 x 224 canvas, 100 patches, 8 crops, evolution, population
   4), 2 processes x 2 devices run, stop after the first chunk and resume in the same process
   group, and end at the collage one process with 4 devices makes uninterrupted, bit for bit
   (docs/devices.md, "Same seed, any device count"); only process 0 writes the run's files.

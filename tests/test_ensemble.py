@@ -182,18 +182,20 @@ def _guidance(perceptor, scene, regions: bool) -> Guidance:
     )
 
 
-def _value_and_grad(perceptor, scene, regions: bool):
-    region_config = RegionConfig(rows=2, cols=2) if regions else RegionConfig()
-    loss = make_collage_loss(CANVAS, perceptor, OPTIM, AugmentConfig(), region_config)
+def _value_and_grad_with_regions(perceptor, scene):
+    """The loss and its gradient on a 2 x 2 region grid: both terms, the global prompts' and
+    each region's."""
+    loss = make_collage_loss(
+        CANVAS, perceptor, OPTIM, AugmentConfig(), RegionConfig(rows=2, cols=2)
+    )
     _, collage, _ = scene
     fn = jax.jit(jax.value_and_grad(lambda p, k, g: loss(p, collage.patch_index, k, g)[0]))
-    return fn(collage.params, jax.random.key(7), _guidance(perceptor, scene, regions))
+    return fn(collage.params, jax.random.key(7), _guidance(perceptor, scene, regions=True))
 
 
 def test_the_ensemble_loss_is_the_weighted_sum_of_each_models_loss(ensemble, scene):
-    # With regions the loss holds both terms: the global prompts' and each region's.
-    value, grads = _value_and_grad(ensemble, scene, regions=True)
-    alone = [_value_and_grad(member, scene, regions=True) for member in ensemble.members]
+    value, grads = _value_and_grad_with_regions(ensemble, scene)
+    alone = [_value_and_grad_with_regions(member, scene) for member in ensemble.members]
     expected = sum(w * v for w, (v, _) in zip(ensemble.weights, alone, strict=True))
     np.testing.assert_allclose(float(value), float(expected), rtol=1e-6, atol=1e-6)
     for leaf, *member_leaves in zip(
